@@ -1,0 +1,1 @@
+"""Score networks in flax nnx. They map (x, t-conditioning) to an output and know nothing about SDEs."""

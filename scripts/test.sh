@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: set up the environment (if needed) and run the whole test suite.
+# Usage: scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+# pytest exits 5 when it collected no test: that must never pass as green.
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"

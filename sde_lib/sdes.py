@@ -1,0 +1,298 @@
+"""Linear forward SDEs dx = f(t) x dt + g(t) dW on t in [0, T] (Song et al. 2021, arXiv 2011.13456).
+
+Every SDE here has a Gaussian perturbation kernel
+
+    x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I),
+
+so the library can be written once in terms of (alpha_t, sigma_t) and their derived quantities:
+
+* the half log-SNR  lambda_t = log(alpha_t / sigma_t)  (exponential integrators, logSNR grids);
+* the EDM noise level  sigma(t) = sigma_t / alpha_t = exp(-lambda_t)  (Karras et al. 2022), in which the
+  scaled variable x / alpha_t follows the variance-exploding ODE dx/dsigma = -sigma * score.
+
+Shapes: ``x`` is ``(B, *dims)``; ``t`` is ``(B,)`` (a scalar broadcasts); per-example coefficients are
+``(B,)`` and broadcast over ``dims``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def batch_broadcast(c: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshape per-example coefficients ``c`` of shape ``(B,)`` (or a scalar) to broadcast against ``x``."""
+    c = jnp.asarray(c)
+    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+
+
+def per_sample_keys(key: jax.Array, n: int) -> jax.Array:
+    """``n`` keys where key ``i`` depends only on ``(key, i)``: row ``i`` of a batch never depends on ``n``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Standard normal draws of ``shape = (B, *dims)`` with row ``i`` a function of ``(key, i)`` only."""
+    keys = per_sample_keys(key, shape[0])
+    return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
+
+
+class SDE(abc.ABC):
+    """A linear SDE dx = f(t) x dt + g(t) dW with marginal x_t = alpha_t x_0 + sigma_t z.
+
+    Subclasses define the scalar functions ``drift_coef`` f(t), ``diffusion_coef`` g(t),
+    ``marginal_coeffs`` (alpha_t, sigma_t), the EDM noise level ``sigma`` and its inverse, and the prior.
+    """
+
+    T: float = 1.0
+
+    def __init__(self, N: int = 1000):
+        if int(N) < 1:
+            raise ValueError(f"N (number of discretisation steps) must be >= 1, got {N}")
+        self.N = int(N)
+
+    # ----------------------------------------------------------------- scalar coefficient functions
+    @abc.abstractmethod
+    def drift_coef(self, t: jax.Array) -> jax.Array:
+        """f(t) of shape ``t.shape``: the drift is f(t) * x."""
+
+    @abc.abstractmethod
+    def diffusion_coef(self, t: jax.Array) -> jax.Array:
+        """g(t) of shape ``t.shape``."""
+
+    @abc.abstractmethod
+    def marginal_coeffs(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(alpha_t, sigma_t), each of shape ``t.shape``: x_t = alpha_t x_0 + sigma_t z."""
+
+    @abc.abstractmethod
+    def sigma(self, t: jax.Array) -> jax.Array:
+        """EDM noise level sigma(t) = sigma_t / alpha_t, increasing in t."""
+
+    @abc.abstractmethod
+    def t_from_sigma(self, sigma: jax.Array) -> jax.Array:
+        """Inverse of :meth:`sigma`."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior at t = T."""
+
+    @property
+    def is_vp_type(self) -> bool:
+        """True where alpha_t < 1 carries the signal (VP, sub-VP): exponential integrators apply."""
+        return True
+
+    # -------------------------------------------------------------------------- derived quantities
+    def half_log_snr(self, t: jax.Array) -> jax.Array:
+        """lambda_t = log(alpha_t / sigma_t) = -log sigma(t), decreasing in t."""
+        return -jnp.log(self.sigma(t))
+
+    def t_from_half_log_snr(self, lam: jax.Array) -> jax.Array:
+        """Inverse of :meth:`half_log_snr`."""
+        return self.t_from_sigma(jnp.exp(-lam))
+
+    # ----------------------------------------------------------------------- score_sde's interface
+    def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Forward drift f(t) x of shape ``x.shape`` and diffusion g(t) of shape ``(B,)``."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        return batch_broadcast(self.drift_coef(t), x) * x, self.diffusion_coef(t)
+
+    def marginal_prob(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean alpha_t x_0 (shape ``x0.shape``) and std sigma_t (shape ``(B,)``) of p_t(x | x_0)."""
+        t = jnp.broadcast_to(t, x0.shape[:1])
+        alpha, std = self.marginal_coeffs(t)
+        return batch_broadcast(alpha, x0) * x0, std
+
+    def prior_sampling(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """Draw ``shape = (B, *dims)`` from the prior N(0, prior_std^2 I); row i depends on (key, i) only."""
+        return self.prior_std * standard_normal(key, tuple(shape))
+
+    def prior_logp(self, z: jax.Array) -> jax.Array:
+        """Exact log-density of the prior at ``z`` of shape ``(B, *dims)``, summed over dims -> ``(B,)``."""
+        d = math.prod(z.shape[1:])
+        s2 = self.prior_std**2
+        sq = jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
+        return -0.5 * d * jnp.log(2 * jnp.pi * s2) - 0.5 * sq / s2
+
+    def discretize(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One step x_{i+1} = x_i + f_i + G_i z of the N-step discretisation (Euler-Maruyama here).
+
+        Returns f of shape ``x.shape`` and G of shape ``(B,)``.
+        """
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * jnp.sqrt(dt)
+
+    def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+    """Reverse-time dynamics dx = [f - c g^2 score] dt + [c=1: g] dW-bar, with c = 1/2 and no noise for the ODE.
+
+    Time still runs forward in the formula; solvers integrate it from T down to eps.
+    """
+
+    def __init__(self, forward: SDE, score_fn, probability_flow: bool = False):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.T = forward.T
+        self.N = forward.N
+
+    def _combine(self, x, t, f, g):
+        c = 0.5 if self.probability_flow else 1.0
+        drift = f - c * batch_broadcast(g**2, x) * self.score_fn(x, t)
+        return drift, (jnp.zeros_like(g) if self.probability_flow else g)
+
+    def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Reverse drift f - g^2 score (x 1/2 for the ODE), shape ``x.shape``; diffusion ``(B,)`` (0 for the ODE)."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        f, g = self.forward.sde(x, t)
+        return self._combine(x, t, f, g)
+
+    def discretize(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The reverse of :meth:`SDE.discretize`: f - G^2 score (x 1/2 for the ODE) and G (0 for the ODE)."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        f, g = self.forward.discretize(x, t)
+        return self._combine(x, t, f, g)
+
+
+class VPSDE(SDE):
+    """Variance preserving: beta(t) = beta_min + t (beta_max - beta_min), dx = -beta/2 x dt + sqrt(beta) dW.
+
+    With B(t) = int_0^t beta: alpha_t = exp(-B/2), sigma_t = sqrt(1 - exp(-B)), sigma(t) = sqrt(e^B - 1).
+    ``discretize`` is the DDPM Markov chain with betas linspace(beta_min/N, beta_max/N, N).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    @property
+    def discrete_betas(self) -> jax.Array:
+        return jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral_beta(self, t):
+        """B(t) = beta_min t + (beta_max - beta_min) t^2 / 2."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def t_from_integral_beta(self, b):
+        """Positive root of B(t) = b, in the cancellation-free form 2b / (beta_min + sqrt(beta_min^2 + 2 d b))."""
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_coef(self, t):
+        return jnp.sqrt(self.beta(t))
+
+    def marginal_coeffs(self, t):
+        b = self.integral_beta(t)
+        return jnp.exp(-0.5 * b), jnp.sqrt(-jnp.expm1(-b))
+
+    def sigma(self, t):
+        return jnp.sqrt(jnp.expm1(self.integral_beta(t)))
+
+    def t_from_sigma(self, sigma):
+        return self.t_from_integral_beta(jnp.log1p(sigma**2))
+
+    def t_from_half_log_snr(self, lam):
+        # B = log(1 + e^{-2 lambda}) = softplus(-2 lambda), stable for any lambda.
+        return self.t_from_integral_beta(jax.nn.softplus(-2.0 * lam))
+
+    def discretize(self, x, t):
+        t = jnp.broadcast_to(t, x.shape[:1])
+        i = (t * (self.N - 1) / self.T).astype(jnp.int32)
+        beta = self.discrete_betas[i]
+        return batch_broadcast(jnp.sqrt(1.0 - beta), x) * x - x, jnp.sqrt(beta)
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP: dx = -beta/2 x dt + sqrt(beta (1 - e^{-2B})) dW, variance below the VP one.
+
+    alpha_t = exp(-B/2), sigma_t = 1 - exp(-B) (the std, not the variance), sigma(t) = 2 sinh(B/2).
+    ``discretize`` is Euler-Maruyama.
+    """
+
+    def diffusion_coef(self, t):
+        return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.integral_beta(t)))
+
+    def marginal_coeffs(self, t):
+        b = self.integral_beta(t)
+        return jnp.exp(-0.5 * b), -jnp.expm1(-b)
+
+    def sigma(self, t):
+        return 2.0 * jnp.sinh(0.5 * self.integral_beta(t))
+
+    def t_from_sigma(self, sigma):
+        return self.t_from_integral_beta(2.0 * jnp.arcsinh(0.5 * sigma))
+
+    def t_from_half_log_snr(self, lam):
+        return self.t_from_sigma(jnp.exp(-lam))
+
+    def discretize(self, x, t):
+        return SDE.discretize(self, x, t)
+
+
+class VESDE(SDE):
+    """Variance exploding: sigma_t = sigma_min (sigma_max / sigma_min)^t, dx = sqrt(d sigma_t^2 / dt) dW.
+
+    alpha_t = 1 and, as in score_sde, the marginal std is sigma_t itself (the kernel of p_0 convolved with
+    N(0, sigma_min^2)). ``discretize`` is the SMLD chain over N geometric noise levels.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    @property
+    def is_vp_type(self) -> bool:
+        return False
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    @property
+    def discrete_sigmas(self) -> jax.Array:
+        return jnp.exp(jnp.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N))
+
+    def drift_coef(self, t):
+        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+
+    def diffusion_coef(self, t):
+        return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
+
+    def marginal_coeffs(self, t):
+        return jnp.ones_like(jnp.asarray(t, jnp.float32)), self.sigma(t)
+
+    def sigma(self, t):
+        return self.sigma_min * jnp.exp(t * self._log_ratio)
+
+    def t_from_sigma(self, sigma):
+        return jnp.log(sigma / self.sigma_min) / self._log_ratio
+
+    def discretize(self, x, t):
+        t = jnp.broadcast_to(t, x.shape[:1])
+        i = (t * (self.N - 1) / self.T).astype(jnp.int32)
+        sig = self.discrete_sigmas[i]
+        prev = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
+        return jnp.zeros_like(x), jnp.sqrt(sig**2 - prev**2)
