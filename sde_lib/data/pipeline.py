@@ -1,0 +1,159 @@
+"""Reproducible, resumable batches: a training batch is a pure function of (seed, step).
+
+Training order: with N examples and global batch size B there are S = floor(N / B) steps per epoch;
+step s is in epoch e = s // S at position p = s % S and holds the examples
+``perm_e[p B : (p+1) B]``, ``perm_e = counter_rng.permutation(N, make_key(seed, SHUFFLE, e))`` (the
+N mod B examples left over are skipped that epoch only). Example i in epoch e is flipped and dequantised
+with randomness hashed from (seed, e, i), so the batches of a run resumed at step k equal those of an
+uninterrupted run, and do not depend on how the batch is split over processes. Process ``r`` of ``P``
+receives rows ``[r B/P, (r+1) B/P)`` of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from sde_lib.data import counter_rng, scaling
+from sde_lib.data.sources import load_split, parse
+
+
+def _place(x: np.ndarray, sharding, global_shape: tuple[int, ...]):
+    """The host array itself, or a global ``jax.Array`` assembled from every process's rows."""
+    if sharding is None:
+        return x
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+
+class Dataset:
+    """One split of ``config.data`` in host memory, batched reproducibly.
+
+    Args:
+      data_cfg: ``config.data``.
+      split: ``'train'`` or ``'test'``.
+      batch_size: the global batch size B (summed over processes).
+      seed: the run's seed (``config.seed``): shuffles, flips and dequantisation noise derive from it.
+      process_index, process_count: this process's share; default ``jax.process_index()`` / ``count()``.
+    """
+
+    def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None):
+        self.spec = parse(data_cfg)
+        self.x = load_split(self.spec, split)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.process_index = jax.process_index() if process_index is None else int(process_index)
+        self.process_count = jax.process_count() if process_count is None else int(process_count)
+        if self.batch_size < 1 or self.batch_size % self.process_count:
+            raise ValueError(
+                f"batch size {batch_size} must be a positive multiple of the process count {self.process_count}"
+            )
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {process_index} outside 0..{self.process_count - 1}")
+        self.local_batch_size = self.batch_size // self.process_count
+        self._epoch_perm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the data are integer levels (scaled to model space here) rather than floats."""
+        return np.issubdtype(self.x.dtype, np.integer)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.x)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self.x.shape[1:]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.batch_size > self.num_examples:
+            raise ValueError(f"batch size {self.batch_size} exceeds the {self.num_examples} examples of the split")
+        return self.num_examples // self.batch_size
+
+    def _local(self, rows: np.ndarray) -> np.ndarray:
+        start = self.process_index * self.local_batch_size
+        return rows[start : start + self.local_batch_size]
+
+    def _transform(self, idx: np.ndarray, key: np.ndarray, flip: bool, dequantize: bool) -> np.ndarray:
+        """Examples ``idx`` -> float32 model-space batch, randomness hashed from (key, example index)."""
+        x = self.x[idx]
+        if flip:
+            heads = (counter_rng.hash_items(counter_rng.make_key(key, 1), idx) >> np.uint64(63)).astype(bool)
+            x = np.where(heads[:, None, None, None], x[:, :, ::-1, :], x)
+        if not self.discrete:
+            return x
+        if not dequantize:
+            return scaling.scale(x, self.spec.levels, self.spec.centered)
+        per_example = counter_rng.hash_items(counter_rng.make_key(key, 0), idx)[:, None]
+        u = counter_rng.uniform(per_example, np.arange(int(np.prod(self.dims)))[None, :]).reshape(x.shape)
+        return scaling.dequantize(x, u, self.spec.levels, self.spec.centered)
+
+    def indices_at(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, global example indices ``(B,)``) of training step ``step``."""
+        epoch, pos = divmod(int(step), self.steps_per_epoch)
+        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
+            key = counter_rng.make_key(self.seed, counter_rng.SHUFFLE, epoch)
+            self._epoch_perm = (epoch, counter_rng.permutation(self.num_examples, key))
+        return epoch, self._epoch_perm[1][pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def batch_at(self, step: int) -> np.ndarray:
+        """This process's rows ``(B/P, *dims)`` float32 of training step ``step``, augmented as configured."""
+        epoch, idx = self.indices_at(step)
+        key = counter_rng.make_key(self.seed, counter_rng.AUGMENT, epoch)
+        return self._transform(self._local(idx), key, self.spec.random_flip, self.spec.uniform_dequantization)
+
+    def iterate(self, start_step: int = 0, *, sharding=None, steps_per_call: int = 1) -> Iterator:
+        """Endless batches from ``start_step``: ``(B, *dims)``, or ``(k, B, *dims)`` for k = steps_per_call > 1.
+
+        With ``sharding`` each item is a global ``jax.Array`` built from every process's rows (the
+        sharding must split the batch axis: axis 0, or axis 1 when stacked); else a host NumPy array.
+        """
+        k = int(steps_per_call)
+        if k < 1:
+            raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
+        step = int(start_step)
+        while True:
+            if k == 1:
+                yield _place(self.batch_at(step), sharding, (self.batch_size, *self.dims))
+            else:
+                block = np.stack([self.batch_at(step + i) for i in range(k)])
+                yield _place(block, sharding, (k, self.batch_size, *self.dims))
+            step += k
+
+    def eval_batches(self, *, repeat: int = 0, dequantize: bool | None = None, sharding=None) -> Iterator:
+        """The whole split in order, no flips: ``(x (B, *dims), mask (B,) bool)`` per global batch.
+
+        The last batch is padded with copies of example 0, marked False in ``mask``. ``dequantize``
+        (default: True for discrete data, as bits/dim needs) draws fresh noise per ``repeat``.
+        """
+        dequantize = self.discrete if dequantize is None else bool(dequantize)
+        if dequantize and not self.discrete:
+            raise ValueError("dequantize=True needs discrete data; this split is continuous")
+        key = counter_rng.make_key(self.seed, counter_rng.EVAL_NOISE, repeat)
+        b = self.batch_size
+        for start in range(0, self.num_examples, b):
+            idx = np.arange(start, start + b)
+            mask = idx < self.num_examples
+            idx = self._local(np.where(mask, idx, 0))
+            x = self._transform(idx, key, False, dequantize)
+            yield _place(x, sharding, (b, *self.dims)), _place(self._local(mask), sharding, (b,))
+
+
+def make_iterator(config, split: str = "train", start_step: int = 0, *, sharding=None, process_index=None,
+                  process_count=None):  # fmt: skip
+    """Training batches of ``config`` from ``start_step`` (``config.training.batch_size``, ``n_jitted_steps``)."""
+    shard = dict(process_index=process_index, process_count=process_count)
+    ds = Dataset(config.data, split, config.training.batch_size, config.seed, **shard)
+    steps = config.training.get("n_jitted_steps", 1)
+    return ds.iterate(start_step, sharding=sharding, steps_per_call=steps)
+
+
+def eval_batches(config, split: str | None = None, *, repeat: int = 0, dequantize: bool | None = None, sharding=None,
+                 process_index=None, process_count=None):  # fmt: skip
+    """``Dataset.eval_batches`` of ``split`` (default ``config.eval.split``) at ``config.eval.batch_size``."""
+    split = split or config.eval.get("split", "test")
+    shard = dict(process_index=process_index, process_count=process_count)
+    ds = Dataset(config.data, split, config.eval.batch_size, config.seed, **shard)
+    return ds.eval_batches(repeat=repeat, dequantize=dequantize, sharding=sharding)
