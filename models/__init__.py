@@ -1,1 +1,50 @@
-"""Score networks in flax nnx. They map (x, t-conditioning) to an output and know nothing about SDEs."""
+"""Score networks in flax nnx. They map (x, c_noise) to an output of x's shape and know nothing about SDEs.
+
+Every model is called as ``model(x, c_noise, *, train=False, key=None)`` with ``x`` of shape
+``(B, *dims)`` and ``c_noise`` of shape ``(B,)`` (the conditioning the parameterisation adapter picks);
+``train=True`` with a PRNG ``key`` turns dropout on. Models hold parameters only (no RNG state), so the
+functional pattern is ``graphdef, params = nnx.split(model)`` and ``nnx.merge(graphdef, params)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+
+from models.layers import default_init, fourier_embedding, positional_embedding
+from models.mlp import MLP
+from models.unet import UNet
+
+MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
+
+
+def get_model(config, rngs: nnx.Rngs) -> nnx.Module:
+    """Build ``config.model.name`` from ``config.model`` and ``config.data``.
+
+    'mlp': vector data of dimension ``config.data.num_channels`` (image_size is ignored);
+    'ncsnpp' and 'ddpmpp': :class:`UNet` on ``(image_size, image_size, num_channels)`` images. The two
+    names are the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``.
+    """
+    m, d = config.model, config.data
+    if m.name == "mlp":
+        return MLP(d.num_channels, hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
+                   fourier_scale=m.fourier_scale, init_scale=m.init_scale, rngs=rngs)
+    if m.name in ("ncsnpp", "ddpmpp"):
+        return UNet(image_size=d.image_size, num_channels=d.num_channels, nf=m.nf, ch_mult=m.ch_mult,
+                    num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions, dropout=m.dropout,
+                    resblock_type=m.resblock_type, embedding_type=m.embedding_type,
+                    fourier_scale=m.fourier_scale, skip_rescale=m.skip_rescale, init_scale=m.init_scale,
+                    resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
+                    progressive=m.progressive, progressive_input=m.progressive_input, rngs=rngs)
+    raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalars in the model's ``nnx.Param`` leaves (works on ``nnx.eval_shape`` models too)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = ["MLP", "MODEL_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
+           "positional_embedding"]

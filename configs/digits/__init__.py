@@ -1,0 +1,1 @@
+"""scikit-learn 8x8 digits experiment configs."""

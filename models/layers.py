@@ -1,0 +1,86 @@
+"""Shared building blocks: score_sde's initialiser, noise-level embeddings, GroupNorm sizing.
+
+Embeddings map a per-example conditioning scalar ``c`` of shape ``(B,)`` (whatever the SDE-side adapter
+chooses: a time, ``999 t``, ``log sigma``, EDM's ``log(sigma)/4``) to features ``(B, dim)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+EMBEDDING_TYPES = ("fourier", "positional")
+
+
+def default_init(scale: float = 1.0):
+    """Variance scaling, fan-average, uniform (score_sde's ``default_init``).
+
+    ``scale == 0`` becomes 1e-10 as in score_sde: the layer starts at (almost) zero yet keeps a
+    non-degenerate random direction, which is how ``init_scale=0`` zeroes residual branches and outputs.
+    """
+    return jax.nn.initializers.variance_scaling(scale if scale > 0 else 1e-10, "fan_avg", "uniform")
+
+
+def linear(d_in: int, d_out: int, rngs: nnx.Rngs, scale: float = 1.0, use_bias: bool = True) -> nnx.Linear:
+    """Dense layer (also the 1x1 convolution / NIN on NHWC input) with default_init(scale), zero bias."""
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=default_init(scale),
+                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+def conv3x3(c_in: int, c_out: int, rngs: nnx.Rngs, scale: float = 1.0, stride: int = 1) -> nnx.Conv:
+    """3x3 'SAME' convolution with default_init(scale) and zero bias (stride 2 pads one pixel at the end)."""
+    return nnx.Conv(c_in, c_out, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
+                    kernel_init=default_init(scale), bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+def num_groups(channels: int) -> int:
+    """score_sde's GroupNorm group count min(C // 4, 32); ValueError if that does not divide ``channels``."""
+    g = min(channels // 4, 32)
+    if g < 1 or channels % g:
+        raise ValueError(f"GroupNorm needs channels >= 4 divisible by min(channels // 4, 32), got {channels}")
+    return g
+
+
+def group_norm(channels: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    return nnx.GroupNorm(channels, num_groups=num_groups(channels), epsilon=1e-6, rngs=rngs)
+
+
+def positional_embedding(c: jax.Array, dim: int, max_positions: float = 10_000.0) -> jax.Array:
+    """Transformer sinusoids: [sin(c w_k), cos(c w_k)], w_k = max_positions^(-k/(dim/2 - 1)); (B,) -> (B, dim).
+
+    Odd ``dim`` is zero-padded by one column.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_positions) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    args = c.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def fourier_embedding(c: jax.Array, n_freqs: int, scale: float) -> jax.Array:
+    """Gaussian Fourier features [sin(2 pi c w), cos(2 pi c w)], w ~ N(0, scale^2) of size ``n_freqs``.
+
+    (B,) -> (B, 2 n_freqs). The frequencies are fixed (never trained, as in score_sde) and drawn from a
+    fixed key, so they are a function of (n_freqs, scale) and the model's state holds trainable
+    parameters only.
+    """
+    w = scale * jax.random.normal(jax.random.key(0), (n_freqs,), jnp.float32)
+    args = 2.0 * jnp.pi * c.astype(jnp.float32)[:, None] * w[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def embed_noise(c: jax.Array, embedding_type: str, nf: int, fourier_scale: float) -> jax.Array:
+    """score_sde's conditioning embedding: positional -> (B, nf); fourier -> (B, 2 nf)."""
+    if embedding_type == "positional":
+        return positional_embedding(c, nf)
+    return fourier_embedding(c, nf, fourier_scale)
+
+
+def embedding_dim(embedding_type: str, nf: int) -> int:
+    """Width of :func:`embed_noise`'s output."""
+    if embedding_type not in EMBEDDING_TYPES:
+        raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, got {embedding_type!r}")
+    return nf if embedding_type == "positional" else 2 * nf

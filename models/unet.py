@@ -1,0 +1,260 @@
+"""NCSN++ / DDPM++ U-Net (Song et al. 2021, arXiv 2011.13456, section H), NHWC layout.
+
+score_sde's ``ncsnpp`` network with its hyperparameters and their meaning; DDPM++ is the same network
+with DDPM-style choices (positional embedding, no input pyramid). Supported subset, errors otherwise:
+
+* ``progressive='none'`` (no output pyramid) and ``progressive_input`` 'none' or 'residual';
+* non-FIR resampling: nearest-neighbour up, 2x2 average (or strided 3x3 conv) down. score_sde's VE
+  NCSN++ config sets ``fir=True`` (a fixed [1, 3, 3, 1] blur); FIR filters hold no parameters, so the
+  parameter count matches, but the resampling filter differs;
+* the network takes the input as given: score_sde's ``2x - 1`` for uncentred data and
+  ``scale_by_sigma`` belong to the data pipeline and the parameterisation adapter here.
+
+Dropout: ``model(x, c, train=True, key=k)`` drops with per-block keys ``fold_in(k, block_index)``;
+``train=False`` (the default, for sampling and evaluation) is deterministic. The model holds no RNG
+state, so ``nnx.split(model)`` gives parameters only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.layers import conv3x3, embed_noise, embedding_dim, group_norm, linear, num_groups
+
+RESBLOCK_TYPES = ("ddpm", "biggan")
+PROGRESSIVE_INPUT = ("none", "residual")
+
+
+def _skip(x, h, skip_rescale: bool):
+    """Residual sum, divided by sqrt(2) with ``skip_rescale`` so the variance does not grow with depth."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, 2H, 2W, C), each pixel copied to a 2x2 patch."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def downsample_mean(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, C), mean over 2x2 patches."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class ResBlock(nnx.Module):
+    """Pre-activation residual block: GN-SiLU-[resample]-conv3x3-(+Dense(SiLU(temb)))-GN-SiLU-dropout-conv3x3.
+
+    ``biggan=False`` is score_sde's ResnetBlockDDPMpp (NIN shortcut when channels change);
+    ``biggan=True`` is ResnetBlockBigGANpp, which may resample (``up``/``down``) inside the block and
+    uses a 1x1 conv shortcut whenever channels or resolution change. The last conv uses
+    default_init(init_scale): ``init_scale=0`` makes every block start as (almost) the identity.
+    """
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int | None, *, index: int, biggan: bool,
+                 up: bool = False, down: bool = False, dropout: float = 0.0, skip_rescale: bool = True,
+                 init_scale: float = 0.0, rngs: nnx.Rngs):
+        self.index, self.up, self.down, self.skip_rescale = index, up, down, skip_rescale
+        self.norm0 = group_norm(c_in, rngs)
+        self.conv0 = conv3x3(c_in, c_out, rngs)
+        self.temb = linear(temb_dim, c_out, rngs) if temb_dim else None
+        self.norm1 = group_norm(c_out, rngs)
+        self.dropout = nnx.Dropout(dropout)
+        self.conv1 = conv3x3(c_out, c_out, rngs, scale=init_scale)
+        needs_shortcut = c_in != c_out or (biggan and (up or down))
+        self.shortcut = linear(c_in, c_out, rngs) if needs_shortcut else None
+
+    def __call__(self, x, temb, train: bool, key):
+        h = jax.nn.silu(self.norm0(x))
+        if self.up:
+            h, x = upsample_nearest(h), upsample_nearest(x)
+        elif self.down:
+            h, x = downsample_mean(h), downsample_mean(x)
+        h = self.conv0(h)
+        if self.temb is not None:
+            h = h + self.temb(jax.nn.silu(temb))[:, None, None, :]
+        h = jax.nn.silu(self.norm1(h))
+        h = self.dropout(h, deterministic=not train,
+                         rngs=None if key is None else jax.random.fold_in(key, self.index))
+        h = self.conv1(h)
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        return _skip(x, h, self.skip_rescale)
+
+
+class AttnBlock(nnx.Module):
+    """Single-head self-attention over the H*W positions with 1x1 q, k, v and output projections."""
+
+    def __init__(self, c: int, *, skip_rescale: bool, init_scale: float, rngs: nnx.Rngs):
+        self.skip_rescale = skip_rescale
+        self.norm = group_norm(c, rngs)
+        self.q, self.k, self.v = (linear(c, c, rngs) for _ in range(3))
+        self.out = linear(c, c, rngs, scale=init_scale)
+
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        h = self.norm(x)
+        q, k, v = (f(h).reshape(b, hh * ww, c) for f in (self.q, self.k, self.v))
+        w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / math.sqrt(c), axis=-1)
+        h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
+        return _skip(x, self.out(h), self.skip_rescale)
+
+
+class Resample(nnx.Module):
+    """DDPM-type resampling between levels: nearest up or mean-pool down, or a conv variant with ``with_conv``.
+
+    Down with conv is a stride-2 3x3 conv; up with conv is nearest up followed by a 3x3 conv.
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, up: bool, with_conv: bool, rngs: nnx.Rngs):
+        self.up = up
+        self.conv = conv3x3(c_in, c_out, rngs, stride=1 if up else 2) if with_conv else None
+
+    def __call__(self, x):
+        if self.up:
+            x = upsample_nearest(x)
+            return x if self.conv is None else self.conv(x)
+        return downsample_mean(x) if self.conv is None else self.conv(x)
+
+
+class Level(nnx.Module):
+    """One resolution of the encoder or decoder: residual blocks, attention, and the resampler."""
+
+    def __init__(self, blocks, attn, resample, pyramid=None):
+        self.blocks = nnx.List(blocks)
+        self.attn = nnx.List(attn)
+        self.resample = resample
+        self.pyramid = pyramid
+
+
+class UNet(nnx.Module):
+    """NCSN++/DDPM++ U-Net: (x (B, H, W, C), c_noise (B,)) -> (B, H, W, C).
+
+    Encoder: conv3x3, then per level ``num_res_blocks`` residual blocks (attention after each where the
+    resolution is in ``attn_resolutions``) and, except at the last level, a downsampling step (a BigGAN
+    residual block with ``resblock_type='biggan'``, else :class:`Resample`). With
+    ``progressive_input='residual'`` the input image is also downsampled by strided convs and added to
+    the features after every downsampling. Middle: ResBlock-Attn-ResBlock. Decoder: per level
+    ``num_res_blocks + 1`` blocks on the concatenated skip features, attention, upsampling. Output:
+    GN-SiLU-conv3x3 with default_init(init_scale). Channels at level i: ``nf * ch_mult[i]``;
+    conditioning: embedding -> Dense(4 nf) -> SiLU -> Dense(4 nf), only if ``conditional``.
+    """
+
+    def __init__(self, *, image_size: int, num_channels: int, nf: int = 128, ch_mult=(1, 2, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
+                 resblock_type: str = "biggan", embedding_type: str = "positional", fourier_scale: float = 16.0,
+                 skip_rescale: bool = True, init_scale: float = 0.0, resamp_with_conv: bool = True,
+                 conditional: bool = True, progressive: str = "none", progressive_input: str = "none",
+                 rngs: nnx.Rngs):
+        ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
+        if resblock_type not in RESBLOCK_TYPES:
+            raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got {resblock_type!r}")
+        if progressive != "none":
+            raise ValueError(f"progressive must be 'none' (output pyramids are not implemented), got {progressive!r}")
+        if progressive_input not in PROGRESSIVE_INPUT:
+            raise ValueError(f"progressive_input must be one of {PROGRESSIVE_INPUT}, got {progressive_input!r}")
+        if not ch_mult or int(num_res_blocks) < 1:
+            raise ValueError(f"need a non-empty ch_mult and num_res_blocks >= 1, got {ch_mult}, {num_res_blocks}")
+        if image_size % 2 ** (len(ch_mult) - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2**(len(ch_mult)-1)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for mult in ch_mult:  # fail before building anything
+            num_groups(nf * mult)
+
+        self.embedding_type, self.fourier_scale, self.nf = embedding_type, float(fourier_scale), nf
+        self.skip_rescale, self.residual_input = skip_rescale, progressive_input == "residual"
+        temb_dim = 4 * nf if conditional else None
+        self.temb0 = linear(embedding_dim(embedding_type, nf), 4 * nf, rngs) if conditional else None
+        self.temb1 = linear(4 * nf, 4 * nf, rngs) if conditional else None
+
+        counter = itertools.count()  # block indices seed the per-block dropout keys
+
+        def block(c_in, c_out, **kw):
+            return ResBlock(c_in, c_out, temb_dim, index=next(counter), biggan=resblock_type == "biggan",
+                            dropout=dropout, skip_rescale=skip_rescale, init_scale=init_scale, rngs=rngs, **kw)
+
+        def attn(c):
+            return AttnBlock(c, skip_rescale=skip_rescale, init_scale=init_scale, rngs=rngs)
+
+        def resample(c, up):
+            if resblock_type == "biggan":
+                return block(c, c, up=up, down=not up)
+            return Resample(c, c, up=up, with_conv=resamp_with_conv, rngs=rngs)
+
+        n_levels = len(ch_mult)
+        self.conv_in = conv3x3(num_channels, nf, rngs)
+        skips, c, c_pyr, down = [nf], nf, num_channels, []
+        for i, mult in enumerate(ch_mult):
+            res = image_size // 2**i
+            blocks, attns = [], []
+            for _ in range(num_res_blocks):
+                blocks.append(block(c, nf * mult))
+                c = nf * mult
+                if res in attn_resolutions:
+                    attns.append(attn(c))
+                skips.append(c)
+            rs = pyr = None
+            if i != n_levels - 1:
+                rs = resample(c, up=False)
+                if self.residual_input:
+                    pyr, c_pyr = conv3x3(c_pyr, c, rngs, stride=2), c
+                skips.append(c)
+            down.append(Level(blocks, attns, rs, pyr))
+        self.down = nnx.List(down)
+
+        self.mid = Level([block(c, c), block(c, c)], [attn(c)], None)
+
+        up = []
+        for i in reversed(range(n_levels)):
+            blocks = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(block(c + skips.pop(), nf * ch_mult[i]))
+                c = nf * ch_mult[i]
+            attns = [attn(c)] if image_size // 2**i in attn_resolutions else []
+            up.append(Level(blocks, attns, resample(c, up=True) if i != 0 else None))
+        self.up = nnx.List(up)
+
+        self.norm_out = group_norm(c, rngs)
+        self.conv_out = conv3x3(c, num_channels, rngs, scale=init_scale)
+
+    def __call__(self, x: jax.Array, c_noise: jax.Array, *, train: bool = False, key: jax.Array | None = None):
+        """(B, H, W, C), (B,) -> (B, H, W, C). ``train=True`` with dropout > 0 needs a PRNG ``key``."""
+        if train and key is None and self.mid.blocks[0].dropout.rate > 0:
+            raise ValueError("key is required when train=True and dropout > 0")
+        key = key if train else None
+        temb = None
+        if self.temb0 is not None:
+            e = embed_noise(c_noise, self.embedding_type, self.nf, self.fourier_scale)
+            temb = self.temb1(jax.nn.silu(self.temb0(e)))
+
+        def res(b, h):
+            return b(h, temb, train, key)
+
+        pyramid = x
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for j, b in enumerate(level.blocks):
+                h = res(b, hs[-1])
+                hs.append(level.attn[j](h) if len(level.attn) else h)
+            if level.resample is not None:
+                h = res(level.resample, hs[-1]) if isinstance(level.resample, ResBlock) else level.resample(hs[-1])
+                if level.pyramid is not None:
+                    pyramid = h = _skip(level.pyramid(pyramid), h, self.skip_rescale)
+                hs.append(h)
+
+        h = res(self.mid.blocks[0], hs[-1])
+        h = res(self.mid.blocks[1], self.mid.attn[0](h))
+
+        for level in self.up:
+            for b in level.blocks:
+                h = res(b, jnp.concatenate([h, hs.pop()], axis=-1))
+            for a in level.attn:
+                h = a(h)
+            if level.resample is not None:
+                h = res(level.resample, h) if isinstance(level.resample, ResBlock) else level.resample(h)
+        return self.conv_out(jax.nn.silu(self.norm_out(h)))

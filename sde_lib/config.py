@@ -1,0 +1,282 @@
+"""Experiment configs: the schema with its defaults, one-shot validation, and the SDE a config names.
+
+The schema is :func:`default_config` (score_sde's groups and field names; score_sde-like values). Every
+file in ``configs/`` starts from it and overrides values, never adds names: :func:`validate_config`
+rejects any field the defaults do not have, a value of the wrong type, and impossible values, each
+with one line naming the field (``config.optim.lr must be > 0, got -1.0``).
+
+Two additions to the agreed schema, both score_sde names: ``model.progressive`` (only 'none') and
+``model.progressive_input`` ('none' | 'residual', NCSN++'s input pyramid). For vector data
+(``data.dataset='toy'``) ``data.num_channels`` is the dimension D and ``image_size`` is unused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from sde_lib.sdes import SDE, SubVPSDE, VESDE, VPSDE
+
+SDE_NAMES = ("vpsde", "subvpsde", "vesde")
+WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is")
+MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
+UNET_NAMES = ("ncsnpp", "ddpmpp")
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
+OPTIMIZERS = ("Adam", "AdamW")
+SPLITS = ("train", "test")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The schema: every field a config may have, with score_sde-like defaults (CIFAR-10-sized DDPM++, VP)."""
+    c = ml_collections.ConfigDict()
+    c.training = t = ml_collections.ConfigDict()
+    t.sde = "vpsde"
+    t.continuous = True
+    t.weighting = "sigma2"  # sigma2: score_sde's lambda = sigma_t^2; likelihood(_is): g^2, optionally importance-sampled t
+    t.reduce_mean = False
+    t.n_iters = 1_300_001
+    t.batch_size = 128
+    t.log_freq = 50
+    t.eval_freq = 100
+    t.snapshot_freq = 50_000
+    t.snapshot_freq_for_preemption = 10_000
+    t.n_jitted_steps = 1
+    t.snapshot_sampling = True
+    t.eps = 1e-5  # smallest training time
+
+    c.sampling = s = ml_collections.ConfigDict()
+    s.sampler = "pc"
+    s.steps = 1000
+    s.snr = 0.16
+    s.n_steps_each = 1
+    s.denoise = True
+    s.eps = config_dict.placeholder(float)  # None: the SDE's default end time
+    s.batch_size = 64
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch_size = 1024
+    e.num_samples = 50_000
+    e.bpd_num_repeats = 1
+    e.split = "test"
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "cifar10"
+    d.toy_name = "mixture"
+    d.path = config_dict.placeholder(str)  # None: the dataset's default location
+    d.image_size = 32
+    d.num_channels = 3
+    d.centered = False
+    d.random_flip = True
+    d.uniform_dequantization = False
+    d.levels = 256
+    d.seed = 0
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "ddpmpp"
+    m.parameterization = "eps"
+    m.sigma_data = 0.5
+    m.beta_min = 0.1
+    m.beta_max = 20.0
+    m.sigma_min = 0.01
+    m.sigma_max = 50.0
+    m.num_scales = 1000
+    m.dropout = 0.1
+    m.nf = 128
+    m.ch_mult = (1, 2, 2, 2)
+    m.num_res_blocks = 4
+    m.attn_resolutions = (16,)
+    m.resblock_type = "biggan"
+    m.embedding_type = "positional"
+    m.fourier_scale = 16.0
+    m.skip_rescale = True
+    m.init_scale = 0.0
+    m.resamp_with_conv = True
+    m.conditional = True
+    m.progressive = "none"
+    m.progressive_input = "none"
+    m.hidden = 128
+    m.n_layers = 3
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.optimizer = "Adam"
+    o.lr = 2e-4
+    o.warmup = 5000
+    o.grad_clip = 1.0  # global-norm clip; 0 disables clipping
+    o.beta1 = 0.9
+    o.eps = 1e-8
+    o.weight_decay = 0.0
+    o.ema_rate = 0.9999
+
+    c.seed = 42
+    return c
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _fail(field: str, message: str):
+    raise ValueError(f"config.{field} {message}")
+
+
+def _check_names(cfg, schema, prefix: str):
+    """Same field names as the schema, recursively, and values of the schema's types."""
+    for name in cfg.keys():
+        field = prefix + name
+        if name not in schema:
+            _fail(field, f"is not a known field (known in this group: {', '.join(sorted(schema.keys()))})")
+        ref, value = schema[name], cfg[name]
+        if isinstance(ref, ml_collections.ConfigDict):
+            if not isinstance(value, (ml_collections.ConfigDict, dict)):
+                _fail(field, f"must be a group of fields, got {value!r}")
+            _check_names(value, ref, field + ".")
+        else:
+            _check_type(field, value, schema.get_type(name))
+    for name in schema.keys():
+        if name not in cfg:
+            _fail(prefix + name, "is missing")
+
+
+def _check_type(field: str, value, expected: type):
+    if value is None:
+        return  # None means "use the default behaviour"; the value checks decide whether it is allowed
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected in (tuple, list):
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        _fail(field, f"must be of type {expected.__name__}, got {value!r}")
+
+
+def _positive(cfg, field: str, allow_zero: bool = False):
+    """Finite and > 0 (>= 0 with ``allow_zero``); NaN fails both comparisons."""
+    group, name = field.split(".") if "." in field else (None, field)
+    value = cfg[group][name] if group else cfg[name]
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        _fail(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _one_of(cfg, field: str, choices):
+    group, name = field.split(".")
+    value = cfg[group][name]
+    if value not in choices:
+        _fail(field, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _in_range(cfg, field: str, lo: float, hi: float, closed_lo: bool = True):
+    group, name = field.split(".")
+    value = cfg[group][name]
+    if not ((lo <= value if closed_lo else lo < value) and value < hi):
+        _fail(field, f"must be in {'[' if closed_lo else '('}{lo}, {hi}), got {value!r}")
+
+
+def validate_sampler(name: str, available) -> str:
+    """Return ``name`` if it is in ``available`` sampler names, else one ValueError naming the field."""
+    if name not in available:
+        _fail("sampling.sampler", f"must be one of {', '.join(available)}; got {name!r}")
+    return name
+
+
+def _unet_checks(cfg):
+    m = cfg.model
+    if cfg.data.dataset == "toy":
+        _fail("model.name", f"{m.name!r} is an image network, but data.dataset is 'toy' (use 'mlp')")
+    if not m.ch_mult or any(v < 1 for v in m.ch_mult):
+        _fail("model.ch_mult", f"must be a non-empty tuple of positive ints, got {m.ch_mult!r}")
+    for mult in m.ch_mult:
+        c = m.nf * mult
+        groups = min(c // 4, 32)
+        if groups < 1 or c % groups:
+            _fail("model.nf", f"gives {c} channels (nf * ch_mult), which GroupNorm's min(C // 4, 32) groups do not divide")
+    factor = 2 ** (len(m.ch_mult) - 1)
+    if cfg.data.image_size % factor:
+        _fail("data.image_size", f"must be divisible by 2**(len(model.ch_mult)-1) = {factor}, got {cfg.data.image_size}")
+    _one_of(cfg, "model.resblock_type", ("ddpm", "biggan"))
+    _one_of(cfg, "model.progressive", ("none",))
+    _one_of(cfg, "model.progressive_input", ("none", "residual"))
+
+
+def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
+    """Check ``config`` once after parsing; return it unchanged or raise one ValueError naming the field.
+
+    ``samplers``: the allowed ``sampling.sampler`` names; None reads ``sde_lib.sampling.available_samplers()``.
+    """
+    _check_names(config, default_config(), "")
+    s, d, m = config.sampling, config.data, config.model
+
+    _one_of(config, "training.sde", SDE_NAMES)
+    _one_of(config, "training.weighting", WEIGHTINGS)
+    for f in ("n_iters", "batch_size", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption",
+              "n_jitted_steps"):
+        _positive(config, "training." + f)
+    _in_range(config, "training.eps", 0.0, 1.0, closed_lo=False)
+
+    if samplers is None:
+        from sde_lib.sampling import available_samplers  # lazy: sampling imports much more than configs need
+
+        samplers = available_samplers()
+    validate_sampler(s.sampler, samplers)
+    for f in ("steps", "snr", "batch_size"):
+        _positive(config, "sampling." + f)
+    _positive(config, "sampling.n_steps_each", allow_zero=True)
+    if s.eps is not None:
+        _in_range(config, "sampling.eps", 0.0, 1.0, closed_lo=False)
+
+    for f in ("batch_size", "num_samples", "bpd_num_repeats"):
+        _positive(config, "eval." + f)
+    _one_of(config, "eval.split", SPLITS)
+
+    from sde_lib.data import DATASETS, TOY_NAMES, toy
+
+    _one_of(config, "data.dataset", DATASETS)
+    _one_of(config, "data.toy_name", TOY_NAMES)
+    for f in ("image_size", "num_channels"):
+        _positive(config, "data." + f)
+    if d.dataset == "toy" and d.num_channels != toy.toy_dim(d.toy_name):
+        _fail("data.num_channels", f"must be {toy.toy_dim(d.toy_name)} (the dimension of toy {d.toy_name!r}), got {d.num_channels}")
+    if d.levels is not None and d.levels < 2:
+        _fail("data.levels", f"must be >= 2, got {d.levels}")
+    _positive(config, "data.seed", allow_zero=True)
+
+    _one_of(config, "model.name", MODEL_NAMES)
+    _one_of(config, "model.parameterization", PARAMETERIZATIONS)
+    _positive(config, "model.sigma_data")
+    if not 0 < m.beta_min < m.beta_max:
+        _fail("model.beta_min", f"must satisfy 0 < beta_min < beta_max, got {m.beta_min} and {m.beta_max}")
+    if not 0 < m.sigma_min < m.sigma_max:
+        _fail("model.sigma_min", f"must satisfy 0 < sigma_min < sigma_max, got {m.sigma_min} and {m.sigma_max}")
+    _positive(config, "model.num_scales")
+    _in_range(config, "model.dropout", 0.0, 1.0)
+    for f in ("nf", "num_res_blocks", "fourier_scale", "hidden", "n_layers"):
+        _positive(config, "model." + f)
+    _positive(config, "model.init_scale", allow_zero=True)
+    _one_of(config, "model.embedding_type", ("fourier", "positional"))
+    if m.name in UNET_NAMES:
+        _unet_checks(config)
+
+    _one_of(config, "optim.optimizer", OPTIMIZERS)
+    _positive(config, "optim.lr")
+    for f in ("warmup", "grad_clip", "weight_decay"):
+        _positive(config, "optim." + f, allow_zero=True)
+    _positive(config, "optim.eps")
+    _in_range(config, "optim.beta1", 0.0, 1.0)
+    _in_range(config, "optim.ema_rate", 0.0, 1.0)
+    _positive(config, "seed", allow_zero=True)
+    return config
+
+
+def get_sde(config) -> SDE:
+    """The forward SDE of ``config.training.sde`` with ``config.model``'s beta / sigma range and N = num_scales."""
+    name, m = config.training.sde, config.model
+    if name == "vpsde":
+        return VPSDE(m.beta_min, m.beta_max, N=m.num_scales)
+    if name == "subvpsde":
+        return SubVPSDE(m.beta_min, m.beta_max, N=m.num_scales)
+    if name == "vesde":
+        return VESDE(m.sigma_min, m.sigma_max, N=m.num_scales)
+    raise ValueError(f"config.training.sde must be one of {', '.join(SDE_NAMES)}; got {name!r}")

@@ -1,0 +1,136 @@
+"""Configs: every file loads and validates; bad names and values stop with one line naming the field."""
+
+import glob
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+import sde_lib
+from sde_lib.config import default_config, get_sde, validate_config, validate_sampler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(
+    f for f in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
+    if not os.path.basename(f).startswith("_")
+)  # fmt: skip
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_config_files_exist():
+    names = {os.path.relpath(f, os.path.join(ROOT, "configs")) for f in CONFIG_FILES}
+    for sde in ("vp", "subvp", "ve"):
+        assert f"toy/{sde}.py" in names and f"digits/{sde}.py" in names
+    assert {"default.py", "fashion_mnist/vp_ddpmpp.py", "cifar10/vp_ddpmpp_continuous.py",
+            "cifar10/subvp_ddpmpp_continuous.py", "cifar10/ve_ncsnpp_continuous.py"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_validates(path):
+    config = load(path)
+    assert validate_config(config) is config  # sampler names from sde_lib.sampling.available_samplers()
+    sde = get_sde(config)
+    assert sde.N == config.model.num_scales
+
+
+def test_score_sde_cifar10_hyperparameters():
+    vp = load(os.path.join(ROOT, "configs/cifar10/vp_ddpmpp_continuous.py"))
+    ve = load(os.path.join(ROOT, "configs/cifar10/ve_ncsnpp_continuous.py"))
+    for c in (vp, ve):
+        assert (c.optim.lr, c.optim.warmup, c.optim.grad_clip, c.training.batch_size) == (2e-4, 5000, 1.0, 128)
+        assert (c.model.nf, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions) == (128, (1, 2, 2, 2), 4, (16,))
+    assert (vp.optim.ema_rate, ve.optim.ema_rate) == (0.9999, 0.999)
+    assert (vp.model.embedding_type, ve.model.embedding_type) == ("positional", "fourier")
+    assert (vp.model.progressive_input, ve.model.progressive_input) == ("none", "residual")
+    assert vp.training.n_iters == 1_300_001 and vp.data.centered and not ve.data.centered
+
+
+def _set(config, field, value):
+    """Set a dotted field on a fresh, unlocked copy (bypassing ml_collections' type lock)."""
+    d = config.to_dict()
+    *groups, name = field.split(".")
+    node = d
+    for g in groups:
+        node = node.setdefault(g, {})
+    node[name] = value
+    return ml_collections.ConfigDict(d)
+
+
+BAD = [
+    ("optim.lr", -1.0, "config.optim.lr must be > 0, got -1.0"),
+    ("optim.lr", float("nan"), "config.optim.lr must be > 0"),
+    ("optim.lr", "fast", "config.optim.lr must be of type float"),
+    ("optim.ema_rate", 1.5, "config.optim.ema_rate must be in [0.0, 1.0)"),
+    ("optim.optimizer", "SGD", "config.optim.optimizer must be one of"),
+    ("model.beta_min", 30.0, "config.model.beta_min must satisfy 0 < beta_min < beta_max"),
+    ("model.sigma_max", 0.001, "config.model.sigma_min must satisfy 0 < sigma_min < sigma_max"),
+    ("training.sde", "cld", "config.training.sde must be one of"),
+    ("training.batch_size", 0, "config.training.batch_size must be > 0"),
+    ("training.weighting", "uniform", "config.training.weighting must be one of"),
+    ("model.name", "transformer", "config.model.name must be one of"),
+    ("model.parameterization", "flow", "config.model.parameterization must be one of"),
+    ("model.ch_mult", (), "config.model.ch_mult must be a non-empty tuple"),
+    ("model.nf", 2, "config.model.nf gives 2 channels"),
+    ("model.dropout", 1.0, "config.model.dropout must be in [0.0, 1.0)"),
+    ("model.progressive", "output_skip", "config.model.progressive must be one of"),
+    ("model.conditional", 1, "config.model.conditional must be of type bool"),
+    ("data.dataset", "imagenet", "config.data.dataset must be one of"),
+    ("data.image_size", 30, "config.data.image_size must be divisible by 2**(len(model.ch_mult)-1) = 8"),
+    ("data.levels", 1, "config.data.levels must be >= 2"),
+    ("sampling.sampler", "magic", "config.sampling.sampler must be one of"),
+    ("sampling.eps", 0.0, "config.sampling.eps must be in (0.0, 1.0)"),
+    ("eval.split", "valid", "config.eval.split must be one of"),
+    ("model.foo", 1, "config.model.foo is not a known field"),
+    ("extra.x", 1, "config.extra is not a known field"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
+def test_bad_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError) as err:
+        validate_config(_set(default_config(), field, value))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_toy_dimension_and_image_networks():
+    toy = load(os.path.join(ROOT, "configs/toy/vp.py"))
+    with pytest.raises(ValueError, match="config.data.num_channels must be 2"):
+        validate_config(_set(toy, "data.num_channels", 3))
+    with pytest.raises(ValueError, match="config.model.name 'ddpmpp' is an image network"):
+        validate_config(_set(toy, "model.name", "ddpmpp"))
+
+
+def test_missing_field():
+    d = default_config().to_dict()
+    del d["optim"]["warmup"]
+    with pytest.raises(ValueError, match=r"^config.optim.warmup is missing$"):
+        validate_config(ml_collections.ConfigDict(d))
+
+
+def test_validate_sampler_with_explicit_list():
+    assert validate_sampler("pc", ["pc", "ode_tsit5"]) == "pc"
+    with pytest.raises(ValueError, match="config.sampling.sampler"):
+        validate_config(default_config(), samplers=["ode_tsit5"])
+
+
+@pytest.mark.parametrize("name, cls, params", [
+    ("vpsde", sde_lib.VPSDE, {"beta_min": 0.2, "beta_max": 10.0}),
+    ("subvpsde", sde_lib.SubVPSDE, {"beta_min": 0.2, "beta_max": 10.0}),
+    ("vesde", sde_lib.VESDE, {"sigma_min": 0.02, "sigma_max": 30.0}),
+])  # fmt: skip
+def test_get_sde(name, cls, params):
+    config = default_config()
+    config.training.sde = name
+    config.model.update(params)
+    config.model.num_scales = 500
+    sde = get_sde(config)
+    assert type(sde) is cls and sde.N == 500
+    for k, v in params.items():
+        assert getattr(sde, k) == v
