@@ -89,7 +89,7 @@ class GaussianMixture:
 
     def sample_t(self, sde: SDE, key: jax.Array, n: int, t) -> jax.Array:
         """``(n, D)`` exact draws of p_t under ``sde`` (alpha_t x_0 + sigma_t z with x_0 ~ p_0)."""
-        alpha, sigma = sde.marginal_coeffs(jnp.asarray(t, jnp.float32))
+        alpha, sigma = (jnp.reshape(c, (-1, 1)) for c in sde.marginal_coeffs(jnp.asarray(t, jnp.float32)))
         kx, kz = jax.random.split(key)
         z = jax.vmap(lambda k: jax.random.normal(k, (self.dim,)))(per_sample_keys(kz, n))
         return alpha * self.sample(kx, n) + sigma * z

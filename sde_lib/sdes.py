@@ -216,6 +216,9 @@ class VPSDE(SDE):
         return self.t_from_integral_beta(jax.nn.softplus(-2.0 * lam))
 
     def discretize(self, x, t):
+        if self.beta_max >= self.N:
+            # The DDPM chain's betas run up to beta_max / N and must stay below 1.
+            raise ValueError(f"N must exceed beta_max for the DDPM chain, got N={self.N}, beta_max={self.beta_max}")
         t = jnp.broadcast_to(t, x.shape[:1])
         i = (t * (self.N - 1) / self.T).astype(jnp.int32)
         beta = self.discrete_betas[i]
@@ -276,13 +279,13 @@ class VESDE(SDE):
         return jnp.exp(jnp.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N))
 
     def drift_coef(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(jnp.asarray(t, jnp.result_type(float)))
 
     def diffusion_coef(self, t):
         return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
 
     def marginal_coeffs(self, t):
-        return jnp.ones_like(jnp.asarray(t, jnp.float32)), self.sigma(t)
+        return jnp.ones_like(jnp.asarray(t, jnp.result_type(float))), self.sigma(t)
 
     def sigma(self, t):
         return self.sigma_min * jnp.exp(t * self._log_ratio)

@@ -1,0 +1,209 @@
+"""What a network outputs, and how that output becomes a score (and eps / x0 predictions).
+
+A score network is a plain callable ``model_fn(x_in, c_noise) -> F`` with ``x_in`` and ``F`` of shape
+``(B, *dims)`` and ``c_noise`` of shape ``(B,)``; it knows nothing about SDEs. With the marginal
+x_t = alpha_t x_0 + sigma_t z, every parameterisation here is affine in the output ``F``:
+
+    x_in  = c_in * x,
+    score = a_s F + b_s x,      eps = a_e F + b_e x,      x0 = a_0 F + b_0 x,
+
+with per-example coefficients ``(B,)`` written in closed form below (no cancellation such as
+1 - sigma^2 / sigma^2). Parameterisations (``r2 = alpha^2 + sigma^2``, 1 for VP):
+
+* ``"score"``: F = score.
+* ``"eps"``:   F = eps (noise prediction), score = -F / sigma.
+* ``"x0"``:    F = x0 (data prediction), score = (alpha F - x) / sigma^2.
+* ``"v"``:     F = v = alpha eps - sigma x0 (the same formula for VE, where alpha = 1);
+  x0 = (alpha x - sigma v) / r2, eps = (sigma x + alpha v) / r2.
+* ``"edm"``:   Karras et al. 2022 (arXiv 2206.00364) preconditioning of the scaled variable x / alpha
+  at EDM noise level s = sigma / alpha:  D = c_skip x / alpha + c_out F(c_in x / alpha, log(s) / 4),
+  c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2),
+  with ``sd = sigma_data``; D is the x0 prediction and score = (alpha D - x) / sigma^2.
+
+Noise conditioning ``c_noise`` (a documented choice, as in score_sde's networks): ``log(s) / 4`` for
+``"edm"``; otherwise ``(N - 1) t`` for VP-type SDEs (999 t for N = 1000, the DDPM timestep label) and
+``log(sigma_t)`` for VE (NCSN++ embeds log sigma).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sde_lib.sdes import SDE, batch_broadcast
+
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Coefficients(NamedTuple):
+    """Per-example ``(B,)`` coefficients: ``x_in = c_in x`` and ``pred = pred[0] F + pred[1] x``."""
+
+    c_in: jax.Array
+    c_noise: jax.Array
+    score: tuple[jax.Array, jax.Array]
+    eps: tuple[jax.Array, jax.Array]
+    x0: tuple[jax.Array, jax.Array]
+
+
+class Predictions(NamedTuple):
+    """Score, noise and data predictions from one network evaluation, each of shape ``x.shape``."""
+
+    score: jax.Array
+    eps: jax.Array
+    x0: jax.Array
+
+
+def check_parameterization(parameterization: str) -> str:
+    """Return ``parameterization`` if it is known, else raise one ValueError listing the choices."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+    return parameterization
+
+
+def noise_conditioning(sde: SDE, t: jax.Array, parameterization: str) -> jax.Array:
+    """The network's conditioning ``c_noise`` of shape ``t.shape`` (see the module docstring)."""
+    if check_parameterization(parameterization) == "edm":
+        return 0.25 * jnp.log(sde.sigma(t))
+    if sde.is_vp_type:
+        return (sde.N - 1) * t
+    return jnp.log(sde.marginal_coeffs(t)[1])
+
+
+def t_from_noise_conditioning(sde: SDE, c_noise: jax.Array, parameterization: str) -> jax.Array:
+    """Inverse of :func:`noise_conditioning`."""
+    if check_parameterization(parameterization) == "edm":
+        return sde.t_from_sigma(jnp.exp(4.0 * c_noise))
+    if sde.is_vp_type:
+        return c_noise / (sde.N - 1)
+    return sde.t_from_sigma(jnp.exp(c_noise))
+
+
+def affine_coefficients(alpha, sigma, parameterization: str, sigma_data: float = 0.5):
+    """``(c_in, score, eps, x0)`` for marginal coefficients ``alpha``, ``sigma`` (any equal shapes).
+
+    Taking the coefficients rather than ``t`` lets the discrete-time losses use DDPM's discrete
+    alpha-bar with the same algebra.
+    """
+    one, zero = jnp.ones_like(sigma), jnp.zeros_like(sigma)
+    p = check_parameterization(parameterization)
+    if p == "score":
+        return one, (one, zero), (-sigma, zero), (sigma**2 / alpha, 1.0 / alpha)
+    if p == "eps":
+        return one, (-1.0 / sigma, zero), (one, zero), (-sigma / alpha, 1.0 / alpha)
+    if p == "x0":
+        return one, (alpha / sigma**2, -1.0 / sigma**2), (-alpha / sigma, 1.0 / sigma), (one, zero)
+    if p == "v":
+        r2 = alpha**2 + sigma**2
+        return one, (-alpha / (sigma * r2), -1.0 / r2), (alpha / r2, sigma / r2), (-sigma / r2, alpha / r2)
+    s = sigma / alpha
+    n2 = s**2 + sigma_data**2
+    c_out = s * sigma_data / jnp.sqrt(n2)
+    # 1 - c_skip = s^2 / n2 and s / sigma = 1 / alpha give the x-coefficients without cancellation.
+    score = (alpha * c_out / sigma**2, -1.0 / (alpha**2 * n2))
+    eps = (-alpha * c_out / sigma, sigma / (alpha**2 * n2))
+    x0 = (c_out, sigma_data**2 / (n2 * alpha))
+    return 1.0 / (alpha * jnp.sqrt(n2)), score, eps, x0
+
+
+def coefficients(sde: SDE, t: jax.Array, parameterization: str, sigma_data: float = 0.5) -> Coefficients:
+    """All coefficients of ``parameterization`` at times ``t`` of shape ``(B,)``."""
+    alpha, sigma = sde.marginal_coeffs(t)
+    c_in, score, eps, x0 = affine_coefficients(alpha, sigma, parameterization, sigma_data)
+    return Coefficients(c_in, noise_conditioning(sde, t, parameterization), score, eps, x0)
+
+
+def _apply(pair, out, x):
+    return batch_broadcast(pair[0], x) * out + batch_broadcast(pair[1], x) * x
+
+
+def predictions_fn_from_model(
+    sde: SDE, model_fn: ModelFn, parameterization: str = "score", sigma_data: float = 0.5
+) -> Callable[[jax.Array, jax.Array], Predictions]:
+    """``fn(x, t) -> Predictions(score, eps, x0)`` from one call of ``model_fn`` (exponential integrators)."""
+    check_parameterization(parameterization)
+
+    def fn(x, t):
+        t = jnp.broadcast_to(t, x.shape[:1])
+        c = coefficients(sde, t, parameterization, sigma_data)
+        out = model_fn(batch_broadcast(c.c_in, x) * x, c.c_noise)
+        return Predictions(_apply(c.score, out, x), _apply(c.eps, out, x), _apply(c.x0, out, x))
+
+    return fn
+
+
+def score_fn_from_model(
+    sde: SDE, model_fn: ModelFn, parameterization: str = "score", sigma_data: float = 0.5
+) -> ScoreFn:
+    """The contract ``score_fn(x, t)`` (``x`` ``(B, *dims)``, ``t`` ``(B,)``) of a raw network ``model_fn``."""
+    check_parameterization(parameterization)
+
+    def score_fn(x, t):
+        t = jnp.broadcast_to(t, x.shape[:1])
+        c = coefficients(sde, t, parameterization, sigma_data)
+        return _apply(c.score, model_fn(batch_broadcast(c.c_in, x) * x, c.c_noise), x)
+
+    return score_fn
+
+
+def model_fn_from_score(
+    sde: SDE, score_fn: ScoreFn, parameterization: str = "score", sigma_data: float = 0.5
+) -> ModelFn:
+    """The network that represents ``score_fn`` exactly in ``parameterization``: inverse of
+    :func:`score_fn_from_model`. Turns the Gaussian-mixture oracle into a "trained model" for tests
+    and ablations of losses and parameterisations.
+    """
+    check_parameterization(parameterization)
+
+    def model_fn(x_in, c_noise):
+        t = t_from_noise_conditioning(sde, c_noise, parameterization)
+        c = coefficients(sde, t, parameterization, sigma_data)
+        x = x_in / batch_broadcast(c.c_in, x_in)
+        a, b = (batch_broadcast(v, x) for v in c.score)
+        return (score_fn(x, t) - b * x) / a
+
+    return model_fn
+
+
+def regression_target(
+    sde: SDE, x0: jax.Array, noise: jax.Array, t: jax.Array, parameterization: str, sigma_data: float = 0.5
+) -> jax.Array:
+    """The output ``F*`` whose predictions are exact for ``x_t = alpha_t x0 + sigma_t noise``.
+
+    ``x0``, ``noise``: ``(B, *dims)``; ``t``: ``(B,)``. Score -noise / sigma, eps noise, x0 x0,
+    v alpha noise - sigma x0, EDM (s x0 - sd^2 noise) / (sd sqrt(s^2 + sd^2)).
+    """
+    alpha, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x0.shape[:1]))
+    return target_from_coefficients(alpha, sigma, x0, noise, parameterization, sigma_data)
+
+
+def target_from_coefficients(alpha, sigma, x0, noise, parameterization: str, sigma_data: float = 0.5):
+    """:func:`regression_target` for given per-example marginal coefficients ``alpha``, ``sigma`` ``(B,)``."""
+    p = check_parameterization(parameterization)
+    a, s = batch_broadcast(alpha, x0), batch_broadcast(sigma, x0)
+    if p == "score":
+        return -noise / s
+    if p == "eps":
+        return noise
+    if p == "x0":
+        return x0
+    if p == "v":
+        return a * noise - s * x0
+    e = s / a
+    return (e * x0 - sigma_data**2 * noise) / (sigma_data * jnp.sqrt(e**2 + sigma_data**2))
+
+
+def eps_from_score(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
+    """eps = -sigma_t score, shape ``x.shape``."""
+    _, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x.shape[:1]))
+    return -batch_broadcast(sigma, x) * score
+
+
+def x0_from_score(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
+    """x0 = (x + sigma_t^2 score) / alpha_t (Tweedie), shape ``x.shape``."""
+    alpha, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x.shape[:1]))
+    return (x + batch_broadcast(sigma**2, x) * score) / batch_broadcast(alpha, x)

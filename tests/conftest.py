@@ -1,0 +1,37 @@
+"""Shared fixtures: one instance per SDE (so jitted helpers keyed on the SDE compile once per session)
+and an Euler-Maruyama simulator of the forward SDE."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import sde_lib
+from sde_lib.sdes import batch_broadcast
+
+
+@pytest.fixture(scope="session")
+def sdes():
+    """The three SDEs with score_sde's default parameters, keyed by name."""
+    return {"vp": sde_lib.VPSDE(0.1, 20.0), "subvp": sde_lib.SubVPSDE(0.1, 20.0), "ve": sde_lib.VESDE(0.01, 50.0)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _euler_maruyama(sde, x, t0, t1, steps, key):
+    dt = (t1 - t0) / steps
+
+    def step(x, inp):
+        i, k = inp
+        drift, g = sde.sde(x, jnp.full(x.shape[:1], t0 + i * dt))
+        z = jax.random.normal(k, x.shape)
+        return x + drift * dt + batch_broadcast(g, x) * jnp.sqrt(dt) * z, None
+
+    x, _ = jax.lax.scan(step, x, (jnp.arange(steps), jax.random.split(key, steps)))
+    return x
+
+
+@pytest.fixture(scope="session")
+def euler_maruyama():
+    """``em(sde, x, t0, t1, steps, key)``: x (B, *dims) at t0 -> one Euler-Maruyama path per row at t1."""
+    return _euler_maruyama
