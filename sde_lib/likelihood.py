@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sde_lib.sdes import SDE, per_sample_keys
+from sde_lib.step_control import CountingPIDController
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -59,49 +60,6 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
     if not isinstance(solver, diffrax.AbstractERK) or solver.tableau.b_error is None:
         raise ValueError(f"solver must be an adaptive diffrax explicit Runge-Kutta solver, got {solver!r}")
     return solver
-
-
-class _CountingPID(diffrax.AbstractAdaptiveStepSizeController):
-    """PID step-size control that also counts vector-field evaluations.
-
-    Diffrax rolls the solver state back on a rejected step but hands the controller state through, so
-    the controller is the one place that sees every attempted step. A step costs ``stages`` evaluations,
-    one fewer for FSAL tableaus once a step has been accepted (before that, diffrax recomputes the first
-    stage on every attempt).
-    """
-
-    pid: diffrax.PIDController
-    stages: int = eqx.field(static=True)
-    fsal: bool = eqx.field(static=True)
-
-    @property
-    def rtol(self):
-        return self.pid.rtol
-
-    @property
-    def atol(self):
-        return self.pid.atol
-
-    @property
-    def norm(self):
-        return self.pid.norm
-
-    def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        if dt0 is None:
-            raise ValueError("_CountingPID needs an explicit dt0 (initial-step selection would evaluate uncounted)")
-        tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        state, count, accepted = controller_state
-        keep, nt0, nt1, jump, state, result = self.pid.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, state
-        )
-        cost = self.stages - jnp.where(self.fsal & accepted, 1, 0)
-        return keep, nt0, nt1, jump, (state, count + cost, accepted | keep), result
 
 
 # ------------------------------------------------------------------------------------------- probes
@@ -192,7 +150,7 @@ def _solve(x, key, offset, *, sde, score_fn, trace, probe, n_probes, rtol, atol,
     field = probability_flow_field(sde, score_fn, vectors, exact=trace == "exact", product=product)
     tab = solver.tableau
     pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=_per_example_rms_max)
-    controller = _CountingPID(pid, len(tab.c) + 1, bool(tab.fsal))
+    controller = CountingPIDController(pid, len(tab.c) + 1, bool(tab.fsal))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, state, args: field(t, state)), solver, t0=eps, t1=sde.T,
         # An explicit first step: diffrax's automatic choice would spend uncounted evaluations.

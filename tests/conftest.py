@@ -35,3 +35,29 @@ def _euler_maruyama(sde, x, t0, t1, steps, key):
 def euler_maruyama():
     """``em(sde, x, t0, t1, steps, key)``: x (B, *dims) at t0 -> one Euler-Maruyama path per row at t1."""
     return _euler_maruyama
+
+
+class CountingScore:
+    """Wraps a score function and counts its runtime evaluations (one per batched call) on the host."""
+
+    def __init__(self, score_fn):
+        self.score_fn, self.calls = score_fn, 0
+
+    def _tick(self):
+        self.calls += 1
+
+    def __call__(self, x, t):
+        jax.debug.callback(self._tick)
+        return self.score_fn(x, t)
+
+    def take(self) -> int:
+        """Calls since the last ``take`` (waits for pending callbacks first)."""
+        jax.effects_barrier()
+        calls, self.calls = self.calls, 0
+        return calls
+
+
+@pytest.fixture(scope="session")
+def counting_score():
+    """The :class:`CountingScore` class, for tests that check ``info["nfe"]`` against real calls."""
+    return CountingScore

@@ -21,25 +21,6 @@ EPS = 1e-5
 KEY = jax.random.PRNGKey(0)
 
 
-class CountingScore:
-    """Wraps an exact score; counts its runtime evaluations through jax.debug.callback."""
-
-    def __init__(self, score_fn):
-        self.score_fn, self.calls = score_fn, 0
-
-    def _tick(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._tick)
-        return self.score_fn(x, t)
-
-    def take(self):
-        jax.effects_barrier()
-        calls, self.calls = self.calls, 0
-        return calls
-
-
 def broad2d():
     """A 2-D mixture smooth on the scale of 17-level bins in [-1, 1] (small Jensen gap for bits/dim)."""
     return GaussianMixture(jnp.array([[-0.4, 0.3], [0.5, -0.2]]), jnp.array([0.35, 0.45]), jnp.array([0.4, 0.6]))
@@ -50,7 +31,7 @@ CASES = {"2d": (broad2d, 64), "16d": (lambda: builtin_mixture("gauss16d"), 300)}
 
 
 @pytest.fixture(scope="module")
-def exact_solves():
+def exact_solves(counting_score):
     """Exact-trace solves keyed (sde name, case): sde, gmm, counting score, x, logp, info, counted calls."""
     cache = {}
 
@@ -59,7 +40,7 @@ def exact_solves():
             sde = SDES[sde_name]()
             make, n = CASES[case]
             gmm = make()
-            score = CountingScore(gmm.score_fn(sde))
+            score = counting_score(gmm.score_fn(sde))
             x = gmm.sample_t(sde, jax.random.PRNGKey(1), n, EPS)
             logp, info = L.log_likelihood(sde, score, x, KEY, trace="exact", eps=EPS)
             cache[sde_name, case] = dict(sde=sde, gmm=gmm, score=score, x=x, logp=logp, info=info,
@@ -123,10 +104,10 @@ def test_probes_depend_only_on_key_and_row():
     assert full.shape == (2, 6, 3, 2) and set(np.unique(full).tolist()) == {-1.0, 1.0}
 
 
-def test_nfe_counts_every_evaluation_for_other_solvers():
+def test_nfe_counts_every_evaluation_for_other_solvers(counting_score):
     sde = sde_lib.VPSDE()
     gmm = builtin_mixture("ring2d")
-    score = CountingScore(gmm.score_fn(sde))
+    score = counting_score(gmm.score_fn(sde))
     x = gmm.sample_t(sde, jax.random.PRNGKey(3), 16, EPS)
     # Heun: no FSAL, 2 evaluations per attempted step.
     _, info = L.log_likelihood(sde, score, x, KEY, trace="exact", solver="heun", rtol=1e-3, atol=1e-3)

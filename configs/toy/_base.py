@@ -35,7 +35,7 @@ def toy_config(sde: str):
     d.image_size = 1  # unused for vectors
     d.levels = None
     d.random_flip = False
-    d.centered = True  # no rescaling: the toy data are used as drawn
+    d.centered = False  # no rescaling: the toy data are used as drawn
 
     m = config.model
     m.name = "mlp"

@@ -3,6 +3,7 @@
 from sde_lib.sampling.api import (
     available_samplers,
     default_eps,
+    min_nfe,
     nfe_per_step,
     sample,
     sampler_family,
@@ -14,6 +15,7 @@ __all__ = [
     "TIME_GRIDS",
     "available_samplers",
     "default_eps",
+    "min_nfe",
     "nfe_per_step",
     "sample",
     "sampler_family",

@@ -32,6 +32,7 @@ from sde_lib.sampling.grids import TIME_GRIDS, time_grid
 from sde_lib.sampling.noise import PerSampleBrownianPath
 from sde_lib.sampling.stochastic import DDIM, PredictorCorrector, ReverseDiffusion
 from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
+from sde_lib.step_control import CountingPIDController
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -56,7 +57,7 @@ _SPECS: dict[str, _Spec] = {
     "ode_heun": _Spec("ode", "uniform", "ode"),
     "ode_midpoint": _Spec("ode", "uniform", "ode"),
     "ode_tsit5": _Spec("ode", "uniform", "ode"),
-    "ode_adaptive": _Spec("ode_adaptive", None, "ode", (("solver", "tsit5"),)),
+    "ode_adaptive": _Spec("ode_adaptive", None, "ode", (("solver", "dopri5"),)),
     "ddim": _Spec("custom", "logsnr", "exponential", (("eta", 0.0),)),
     "dpm_solver_2": _Spec("custom", "logsnr", "exponential"),
     "dpm_solver_3": _Spec("custom", "logsnr", "exponential"),
@@ -107,10 +108,16 @@ def nfe_per_step(name: str, **options) -> int:
     return {"pc": 1 + int(options.get("n_steps", 1)), "dpm_solver_2": 2, "dpm_solver_3": 3, "edm_heun": 2}.get(name, 1)
 
 
+def min_nfe(name: str, **options) -> int:
+    """Score evaluations of one step of a fixed-step sampler, start-up evaluation included."""
+    return _ODE_NFE.get(name, (0, 0))[1] + nfe_per_step(name, **options)
+
+
 def steps_for_nfe(name: str, nfe: int, **options) -> int:
     """The largest number of steps whose total NFE (start-up included, no denoising) is <= ``nfe``."""
-    start = _ODE_NFE.get(name, (0, 0))[1]
-    return max(1, (int(nfe) - start) // nfe_per_step(name, **options))
+    if int(nfe) < min_nfe(name, **options):
+        raise ValueError(f"an NFE budget of {nfe} is below the {min_nfe(name, **options)} of one {name!r} step")
+    return (int(nfe) - _ODE_NFE.get(name, (0, 0))[1]) // nfe_per_step(name, **options)
 
 
 def sample(
@@ -206,7 +213,7 @@ def _parse_options(name: str, spec: _Spec, options: dict) -> tuple:
 def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, opts):
     o = dict(opts)
     k_prior, k_noise = jax.random.split(key)
-    x = sde.prior_sampling(k_prior, shape) if x_init is None else jnp.asarray(x_init, jnp.float32)
+    x = sde.prior_sampling(k_prior, shape) if x_init is None else jnp.asarray(x_init)
     row_keys = per_sample_keys(k_noise, shape[0])
     spec = _SPECS[name]
     if spec.kind in ("ode_adaptive", "sde_adaptive"):
@@ -289,9 +296,12 @@ def _custom_solver(sde, name, steps, o):
 
 def _run_adaptive(sde, score_fn, x, row_keys, name, eps, o):
     """Error-controlled steps, each sample its own solve (vmapped)."""
-    controller = diffrax.PIDController(rtol=o["rtol"], atol=o["atol"])
-    saveat = _saveat(o["save_trajectory"])
+    pid = diffrax.PIDController(rtol=o["rtol"], atol=o["atol"])
+    saveat = eqx.tree_at(lambda s: s.controller_state, _saveat(o["save_trajectory"]), True)
     c = 0.5 if name == "ode_adaptive" else 1.0
+    span = sde.T - eps
+    # An explicit first step: diffrax's automatic choice would spend evaluations nobody counts.
+    dt0 = span / 100 if o["dt0"] is None else abs(float(o["dt0"]))
 
     def one(y0, key):
         def drift(t, y):
@@ -299,14 +309,15 @@ def _run_adaptive(sde, score_fn, x, row_keys, name, eps, o):
             return sde.drift_coef(t) * y - c * sde.diffusion_coef(t) ** 2 * score
 
         if name == "ode_adaptive":
+            solver = _ADAPTIVE_ODE[o["solver"]]()
+            controller = CountingPIDController(pid, len(solver.tableau.c) + 1, bool(solver.tableau.fsal))
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(lambda t, y, args: drift(t, y)), _ADAPTIVE_ODE[o["solver"]](), t0=sde.T, t1=eps,
-                dt0=o["dt0"], y0=y0, stepsize_controller=controller, saveat=saveat, max_steps=int(o["max_steps"]),
+                diffrax.ODETerm(lambda t, y, args: drift(t, y)), solver, t0=sde.T, t1=eps, dt0=-dt0, y0=y0,
+                stepsize_controller=controller, saveat=saveat, max_steps=int(o["max_steps"]),
             )
-            return sol.ys[-1], sol.stats, (sol.ts, sol.ys)
+            return sol.ys[-1], sol.controller_state[1], (sol.ts, sol.ys)
         # diffrax 0.7's stochastic Runge-Kutta solvers diverge when run backwards in time (t0 > t1), so
         # the reverse SDE is written forward in s = T - t:  dx = -drift(T - s, x) ds + g(T - s) dB_s.
-        span = sde.T - eps
         tol = o["bm_tol"] if o["bm_tol"] is not None else span / 2**14
         bm = diffrax.VirtualBrownianTree(0.0, span, tol=tol, shape=y0.shape, key=key,
                                          levy_area=diffrax.SpaceTimeLevyArea)
@@ -315,22 +326,13 @@ def _run_adaptive(sde, score_fn, x, row_keys, name, eps, o):
             bm,
         )
         terms = diffrax.MultiTerm(diffrax.ODETerm(lambda s, y, args: -drift(sde.T - s, y)), noise)
-        dt0 = span / 64 if o["dt0"] is None else abs(o["dt0"])
+        # ShARK and SRA1 evaluate the drift twice per attempted step and carry nothing over.
+        controller = CountingPIDController(pid, 2, False)
         sol = diffrax.diffeqsolve(
             terms, _ADAPTIVE_SDE[o["solver"]](), t0=0.0, t1=span, dt0=dt0, y0=y0, stepsize_controller=controller,
             saveat=saveat, max_steps=int(o["max_steps"]),
         )
-        return sol.ys[-1], sol.stats, (sde.T - sol.ts, sol.ys)
+        return sol.ys[-1], sol.controller_state[1], (sde.T - sol.ts, sol.ys)
 
-    ys, stats, traj = jax.vmap(one)(x, row_keys)
-    nfe = _adaptive_nfe(name, o, stats)
+    ys, nfe, traj = jax.vmap(one)(x, row_keys)
     return ys, nfe, (traj if o["save_trajectory"] else None)
-
-
-def _adaptive_nfe(name, o, stats):
-    """Evaluations per sample from diffrax's step counts (accepted + rejected steps)."""
-    n = stats["num_steps"]
-    if name == "ode_adaptive":
-        # FSAL Runge-Kutta: 6 new stages per attempted step plus one at t0 (checked against counted calls).
-        return 1 + 6 * n
-    return 2 * n  # ShARK and SRA1: two drift stages per attempted step
