@@ -1,0 +1,176 @@
+"""Train state, optimiser and the jitted, data-parallel train step.
+
+The state is a pytree ``TrainState(params, opt_state, ema, step, rng)``: ``params`` and ``ema`` are the
+network's ``nnx.Param`` state (``nnx.split``), ``step`` counts completed updates and ``rng`` is the run's
+base key. Update ``s`` (0-based, ``step`` before it) draws its randomness from ``fold_in(rng, s)``, so an
+update is a pure function of (state, batch): a resumed run repeats an uninterrupted one bit for bit.
+
+One update (score_sde's recipe on optax):
+
+    g = clip_{global norm <= grad_clip}(grad_theta L(theta; x_s, key_s)),
+    theta <- Adam(W)(theta, g, lr_s),     lr_s = lr * min((s + 1) / warmup, 1),
+    ema <- r ema + (1 - r) theta,          r = optim.ema_rate.
+
+Data parallelism: the step is a ``jax.jit`` with the state replicated over a ``Mesh`` axis ``'batch'``
+and the batch split along it. The loss draws example i's time and noise from (key, i) and averages over
+the global batch, so the result does not depend on the device count beyond float32 summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import models
+from sde_lib import losses
+from sde_lib.config import get_sde
+from sde_lib.parameterization import score_fn_from_model
+
+BATCH_AXIS = "batch"
+
+
+class TrainState(NamedTuple):
+    """Everything an update reads and writes; a pytree of arrays (checkpointed as is)."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: jax.Array  # int32 scalar: completed updates
+    rng: jax.Array  # uint32 (2,) base key
+
+
+def learning_rate_schedule(optim_cfg) -> Callable[[jax.Array], jax.Array]:
+    """lr(count) = lr * min((count + 1) / warmup, 1): linear warm-up whose first update is already > 0."""
+    lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup)
+    if warmup <= 0:
+        return optax.constant_schedule(lr)
+    return lambda count: lr * jnp.minimum((count + 1) / warmup, 1.0)
+
+
+def make_optimizer(optim_cfg) -> optax.GradientTransformation:
+    """Global-norm clipping (``grad_clip`` > 0) then Adam or AdamW with the warm-up schedule."""
+    schedule = learning_rate_schedule(optim_cfg)
+    kwargs = dict(b1=float(optim_cfg.beta1), eps=float(optim_cfg.eps))
+    if optim_cfg.optimizer == "Adam":
+        opt = optax.adam(schedule, **kwargs)
+    elif optim_cfg.optimizer == "AdamW":
+        opt = optax.adamw(schedule, weight_decay=float(optim_cfg.weight_decay), **kwargs)
+    else:
+        raise ValueError(f"config.optim.optimizer must be 'Adam' or 'AdamW', got {optim_cfg.optimizer!r}")
+    if float(optim_cfg.grad_clip) > 0:
+        return optax.chain(optax.clip_by_global_norm(float(optim_cfg.grad_clip)), opt)
+    return opt
+
+
+def init_model(config, seed: int | None = None):
+    """``(graphdef, params)`` of ``config``'s network initialised from ``seed`` (default ``config.seed``)."""
+    model = models.get_model(config, nnx.Rngs(config.seed if seed is None else seed))
+    # Splitting on Param alone fails loudly if a network ever grows non-parameter state.
+    return nnx.split(model, nnx.Param)
+
+
+def init_train_state(config, optimizer: optax.GradientTransformation):
+    """``(graphdef, TrainState)`` at step 0; parameters from ``config.seed``, training keys from its fold 1."""
+    graphdef, params = init_model(config)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    state = TrainState(params, optimizer.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32), rng)
+    return graphdef, state
+
+
+def model_fn(graphdef, params, *, train: bool = False, key: jax.Array | None = None):
+    """The raw network ``F(x_in (B, *dims), c_noise (B,)) -> (B, *dims)`` of ``params``."""
+    model = nnx.merge(graphdef, params)
+    return lambda x, c: model(x, c, train=train, key=key)
+
+
+def score_fn_builder(config, graphdef, sde) -> Callable[[Any], jax.tree_util.Partial]:
+    """``build(params) -> score_fn(x, t)``, a pytree callable: parameters are traced, not baked in.
+
+    Every ``score_fn`` of one builder shares its function, so a sampler compiled for one reuses the
+    compilation for the next (e.g. EMA parameters at successive snapshots); samplers treat ``sde`` as
+    static too, so pass the same instance (``get_sde(config)``) to both.
+    """
+    m = config.model
+
+    def fn(params, x, t):
+        return score_fn_from_model(sde, model_fn(graphdef, params), m.parameterization, m.sigma_data)(x, t)
+
+    return lambda params: jax.tree_util.Partial(fn, params)
+
+
+def loss_fn(config, per_example: bool = False):
+    """``loss(model_fn, key, x0)`` of ``config.training`` / ``config.model`` (see :mod:`sde_lib.losses`)."""
+    t, m = config.training, config.model
+    return losses.get_loss_fn(get_sde(config), continuous=t.continuous, weighting=t.weighting,
+                              reduce_mean=t.reduce_mean, parameterization=m.parameterization, eps=t.eps,
+                              sigma_data=m.sigma_data, per_example=per_example)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis ``'batch'`` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+    """Split the batch axis: axis 0, or axis 1 of ``(k, B, *dims)`` blocks of ``k`` jitted steps."""
+    return NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS) if stacked else PartitionSpec(BATCH_AXIS))
+
+
+def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, mesh: Mesh):
+    """Jitted ``step(state, batch) -> (state, metrics)``; the input state is donated.
+
+    ``batch``: ``(B, *dims)``, or ``(k, B, *dims)`` with k = ``training.n_jitted_steps`` > 1 (a
+    ``lax.scan`` of k updates). ``metrics``: ``loss`` and ``grad_norm`` (before clipping), each ``(k,)``.
+    """
+    objective = loss_fn(config)
+    ema_rate = float(config.optim.ema_rate)
+    k = int(config.training.n_jitted_steps)
+
+    def update(state: TrainState, x0):
+        key_loss, key_dropout = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+        def loss_of(params):
+            return objective(model_fn(graphdef, params, train=True, key=key_dropout), key_loss, x0)
+
+        loss, grads = jax.value_and_grad(loss_of)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(params, opt_state, ema, state.step + 1, state.rng), metrics
+
+    def step(state, batch):
+        if k == 1:
+            state, metrics = update(state, batch)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(update, state, batch)
+
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh, stacked=k > 1)), out_shardings=(rep, rep),
+                   donate_argnums=0)
+
+
+def make_eval_step(config, graphdef, mesh: Mesh):
+    """Jitted ``eval(params, x0 (B, *dims), mask (B,), key) -> mean loss over the rows in mask``.
+
+    A fixed ``key`` gives the held-out loss the same times and noise at every evaluation.
+    """
+    objective = loss_fn(config, per_example=True)
+
+    def evaluate(params, x0, mask, key):
+        per_example = objective(model_fn(graphdef, params), key, x0)
+        return jnp.sum(jnp.where(mask, per_example, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(evaluate, in_shardings=(rep, data, data, rep), out_shardings=rep)
