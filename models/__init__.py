@@ -23,13 +23,16 @@ MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
 def get_model(config, rngs: nnx.Rngs) -> nnx.Module:
     """Build ``config.model.name`` from ``config.model`` and ``config.data``.
 
-    'mlp': vector data of dimension ``config.data.num_channels`` (image_size is ignored);
+    'mlp': :class:`MLP` on one example flattened: D = ``config.data.num_channels`` for toy vectors,
+    ``image_size**2 * num_channels`` for images (e.g. 64 for 8x8 digits);
     'ncsnpp' and 'ddpmpp': :class:`UNet` on ``(image_size, image_size, num_channels)`` images. The two
     names are the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``.
     """
     m, d = config.model, config.data
     if m.name == "mlp":
-        return MLP(d.num_channels, hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
+        from sde_lib.data import data_dims  # lazy: the data package is only needed for this lookup
+
+        return MLP(math.prod(data_dims(d)), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
                    fourier_scale=m.fourier_scale, init_scale=m.init_scale, rngs=rngs)
     if m.name in ("ncsnpp", "ddpmpp"):
         return UNet(image_size=d.image_size, num_channels=d.num_channels, nf=m.nf, ch_mult=m.ch_mult,

@@ -1,6 +1,8 @@
-"""Noise-conditioned MLP for vector data x of shape (B, D)."""
+"""Noise-conditioned residual MLP for vector data (B, D), or any (B, *dims) flattened to D = prod(dims)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 from flax import nnx
@@ -9,12 +11,15 @@ from models.layers import embed_noise, embedding_dim, linear
 
 
 class MLP(nnx.Module):
-    """out = W_out h_n + b_out with h_l = SiLU(W_l h_{l-1} + b_l + U_l e) and h_0 = x.
+    """out = W_out h_n + b_out, with h_1 = SiLU(W_1 x + b_1 + U_1 e) and, for l >= 2, the residual layers
+    h_l = h_{l-1} + SiLU(W_l h_{l-1} + b_l + U_l e).
 
     e = SiLU(W_e emb(c) + b_e) is the embedded conditioning (width ``hidden``), added to every hidden
-    layer so the noise level reaches the whole depth. ``n_layers`` counts hidden layers. Parameters:
-    (E H + H) + (D H + H) + (n - 1)(H^2 + H) + n H^2 + (H D + D), with E the embedding width
-    (``hidden`` for positional, ``2 hidden`` for Fourier features). The output layer uses
+    layer so the noise level reaches the whole depth; the skips keep a deep, wide MLP trainable in a few
+    thousand steps. ``n_layers`` counts hidden layers. Input ``(B, *dims)`` with ``prod(dims) == dim`` is
+    flattened to ``(B, dim)`` and the output reshaped back, so an 8x8 image is a 64-D vector here.
+    Parameters: (E H + H) + (D H + H) + (n - 1)(H^2 + H) + n H^2 + (H D + D), with E the embedding
+    width (``hidden`` for positional, ``2 hidden`` for Fourier features). The output layer uses
     default_init(init_scale), so ``init_scale=0`` starts the network at (almost) zero output.
     """
 
@@ -23,7 +28,7 @@ class MLP(nnx.Module):
         for name, value in (("dim", dim), ("hidden", hidden), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.embedding_type, self.fourier_scale, self.hidden = embedding_type, float(fourier_scale), hidden
+        self.dim, self.embedding_type, self.fourier_scale, self.hidden = dim, embedding_type, float(fourier_scale), hidden
         self.embed = linear(embedding_dim(embedding_type, hidden), hidden, rngs)
         widths = [dim] + [hidden] * n_layers
         self.layers = nnx.List([linear(a, b, rngs) for a, b in zip(widths[:-1], widths[1:])])
@@ -31,10 +36,13 @@ class MLP(nnx.Module):
         self.out = linear(hidden, dim, rngs, scale=init_scale)
 
     def __call__(self, x: jax.Array, c_noise: jax.Array, *, train: bool = False, key: jax.Array | None = None):
-        """(B, D), (B,) -> (B, D). ``train`` and ``key`` are accepted for a uniform model signature (no dropout)."""
+        """(B, *dims), (B,) -> (B, *dims). ``train`` and ``key`` are accepted for a uniform model signature (no dropout)."""
         del train, key
+        if math.prod(x.shape[1:]) != self.dim:
+            raise ValueError(f"x must have {self.dim} values per example, got shape {x.shape}")
         e = jax.nn.silu(self.embed(embed_noise(c_noise, self.embedding_type, self.hidden, self.fourier_scale)))
-        h = x
-        for layer, cond in zip(self.layers, self.cond):
-            h = jax.nn.silu(layer(h) + cond(e))
-        return self.out(h)
+        h = x.reshape(x.shape[0], self.dim)
+        for i, (layer, cond) in enumerate(zip(self.layers, self.cond)):
+            update = jax.nn.silu(layer(h) + cond(e))
+            h = update if i == 0 else h + update
+        return self.out(h).reshape(x.shape)

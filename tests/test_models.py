@@ -138,6 +138,18 @@ def test_mlp_shape_conditioning_and_count():
     assert float(jnp.max(jnp.abs(zero(jnp.ones((4, 3)), jnp.ones(4))))) < 1e-4
 
 
+def test_mlp_flattens_images():
+    """An 8x8x1 image is a 64-D vector to the MLP: same output as the flattened input, reshaped back."""
+    model = MLP(64, hidden=16, n_layers=3, embedding_type="fourier", fourier_scale=1.0, init_scale=1.0,
+                rngs=nnx.Rngs(0))
+    x, c = _inputs((3, 8, 8, 1))
+    out = model(x, c)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(np.asarray(out), np.asarray(model(x.reshape(3, 64), c)).reshape(x.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="64 values"):
+        model(jnp.ones((2, 7, 7, 1)), jnp.ones(2))
+
+
 # --------------------------------------------------------------------------------------------- U-Net
 def test_unet_shape_and_conditioning(small):
     apply, state = small
@@ -217,9 +229,12 @@ def test_get_model_from_config():
     assert count_params(model) == unet_count(**expect)
 
     cfg.model.update(name="mlp", hidden=8, n_layers=2, embedding_type="positional")
-    cfg.data.num_channels = 2
+    cfg.data.update(dataset="toy", toy_name="mixture", num_channels=2)
     mlp = nnx.eval_shape(lambda: models.get_model(cfg, nnx.Rngs(0)))
     assert isinstance(mlp, MLP) and count_params(mlp) == mlp_count(2, 8, 2, "positional")
+    cfg.data.update(dataset="digits", image_size=8, num_channels=1, levels=17)  # images: D = 8 * 8 * 1
+    digits_mlp = nnx.eval_shape(lambda: models.get_model(cfg, nnx.Rngs(0)))
+    assert count_params(digits_mlp) == mlp_count(64, 8, 2, "positional")
 
     bad = ml_collections.ConfigDict(cfg.to_dict())
     bad.model.name = "transformer"

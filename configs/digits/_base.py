@@ -1,8 +1,13 @@
 """Shared settings of the scikit-learn 8x8 digits experiments (17 grey levels, 1437/360 split).
 
-A small DDPM++ (nf 32, two levels 8 -> 4, one BigGAN block per level, attention at 4x4: 0.75M
-parameters) so that training reaches a good test bits/dim in minutes on 2 CPU cores. Uniform
-dequantisation matches the bits/dim evaluation; no flips (digits are not mirror-symmetric).
+A residual MLP on the flattened 64-D image (4 layers of width 512, 0.9M parameters) rather than a U-Net:
+on 2 CPU cores its step costs ~50 ms at batch 256 and compiles in seconds, so ~2500 updates fit in
+the quick start's budget. The recipe that lowers bits/dim (Song et al. 2021, arXiv 2101.09258):
+likelihood weighting with importance-sampled times (uniform in log-SNR), EDM preconditioning so the
+network sees log(sigma)/4 (Fourier features) and thus resolves the small noise levels that dominate
+the likelihood, and an EMA short enough (0.995) that a few thousand updates wash out the initial
+parameters (0.999^2500 would still weigh them 8%). Uniform dequantisation matches the bits/dim
+evaluation; no flips (digits are not mirror-symmetric). Measured numbers: README / scripts/quickstart.sh.
 """
 
 from sde_lib.config import default_config
@@ -12,17 +17,20 @@ def digits_config(sde: str):
     config = default_config()
     t = config.training
     t.sde = sde
+    t.weighting = "likelihood_is"
     t.reduce_mean = True
-    t.n_iters = 3000
-    t.batch_size = 128
-    t.log_freq = 50
+    t.n_iters = 2500
+    t.batch_size = 256
+    t.n_jitted_steps = 10  # ten updates per dispatch: the small step is otherwise dominated by overhead
+    t.log_freq = 100
     t.eval_freq = 500
     t.snapshot_freq = 1000
-    t.snapshot_freq_for_preemption = 250
+    t.snapshot_freq_for_preemption = 500
+    t.snapshot_sampling = False
 
     s = config.sampling
-    s.sampler = "ode_tsit5"
-    s.steps = 100
+    s.sampler = "dpm_solver_pp_3m"
+    s.steps = 20
     s.batch_size = 64
 
     e = config.eval
@@ -39,15 +47,16 @@ def digits_config(sde: str):
     d.uniform_dequantization = True
 
     m = config.model
-    m.name = "ddpmpp"
-    m.nf = 32
-    m.ch_mult = (1, 2)
-    m.num_res_blocks = 1
-    m.attn_resolutions = (4,)
-    m.dropout = 0.1
+    m.name = "mlp"
+    m.parameterization = "edm"
+    m.hidden = 512
+    m.n_layers = 4
+    m.embedding_type = "fourier"
+    m.fourier_scale = 16.0
+    m.dropout = 0.0
 
     o = config.optim
-    o.lr = 1e-3
+    o.lr = 1.5e-3
     o.warmup = 100
-    o.ema_rate = 0.999
+    o.ema_rate = 0.995
     return config

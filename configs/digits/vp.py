@@ -1,4 +1,4 @@
-"""Digits 8x8, VP SDE (beta 0.1 -> 20), eps-prediction DDPM++ with positional embedding of 999 t."""
+"""Digits 8x8, VP SDE (beta 0.1 -> 20); the shared residual-MLP likelihood recipe of ``_base.py``."""
 
 import os
 import runpy
