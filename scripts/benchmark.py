@@ -2,11 +2,11 @@
 
   sampler   wall time of sde_lib.sampling.sample vs a hand-written lax.scan loop doing the same steps with
             the same score network and batch (ode_euler, euler_maruyama), reported as ratios.
-  train     train-step images/s of DDPM++ at 32x32 (small nf) through sde_lib.training.
+  train     train-step images/s of DDPM++ at 32x32 (small nf) through sde_lib.training (compile excluded).
 
 Usage:
   python scripts/benchmark.py sampler [--batch 512 --dim 64 --hidden 256 --steps 100 --repeats 7]
-  python scripts/benchmark.py train   [--nf 32 --batch 32 --steps 5]
+  python scripts/benchmark.py train   [--nf 32 --res_blocks 1 --batch 32 --steps 5]
 Results print as a markdown table and go to --out (JSON).
 """
 
@@ -100,9 +100,41 @@ def bench_sampler(args) -> list[dict]:
 
 
 def bench_train(args) -> list[dict]:
-    from sde_lib import training  # the training module owns the train step
+    """Images/s of the jitted DDPM++ train step (configs/cifar10/vp_ddpmpp_continuous.py) at 32x32."""
+    import runpy
 
-    return training.benchmark_train_step(nf=args.nf, batch=args.batch, steps=args.steps)
+    from sde_lib import training
+
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "cifar10",
+                            "vp_ddpmpp_continuous.py")
+    config = runpy.run_path(cfg_path)["get_config"]()
+    config.model.nf = args.nf
+    config.model.num_res_blocks = args.res_blocks
+    config.training.batch_size = args.batch
+    config.training.n_jitted_steps = 1
+    optimizer = training.make_optimizer(config.optim)
+    graphdef, state = training.init_train_state(config, optimizer)
+    mesh = training.make_mesh()
+    step = training.make_train_step(config, graphdef, optimizer, mesh)
+    batch = jax.device_put(jax.random.uniform(jax.random.PRNGKey(0), (args.batch, 32, 32, 3), minval=-1.0),
+                           training.batch_sharding(mesh))
+    state = jax.device_put(state, training.replicated(mesh))
+    t = time.perf_counter()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    per_step = (time.perf_counter() - t) / args.steps
+    row = {"model": "DDPM++ (cifar10 vp_ddpmpp_continuous)", "nf": args.nf, "num_res_blocks": args.res_blocks,
+           "batch": args.batch, "compile_s": compile_s, "step_s": per_step, "images_per_s": args.batch / per_step}
+    print("| model | nf | res blocks | batch | compile (s) | step (s) | images/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {row['model']} | {args.nf} | {args.res_blocks} | {args.batch} | {compile_s:.1f} | {per_step:.3f} "
+          f"| {row['images_per_s']:.1f} |")
+    return [row]
 
 
 def main():
@@ -114,6 +146,7 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--nf", type=int, default=32)
+    p.add_argument("--res_blocks", type=int, default=1, help="train: num_res_blocks (4 in the CIFAR-10 config)")
     p.add_argument("--out", default=None, help="JSON output path (default out/benchmark_<what>.json)")
     args = p.parse_args()
     rows = bench_sampler(args) if args.what == "sampler" else bench_train(args)
