@@ -21,13 +21,19 @@ class MLP(nnx.Module):
     Parameters: (E H + H) + (D H + H) + (n - 1)(H^2 + H) + n H^2 + (H D + D), with E the embedding
     width (``hidden`` for positional, ``2 hidden`` for Fourier features). The output layer uses
     default_init(init_scale), so ``init_scale=0`` starts the network at (almost) zero output.
+    ``dropout`` > 0 drops units of every layer's update SiLU(...) in training (inverted dropout, one
+    mask per layer from ``fold_in(key, layer)``): the regulariser that lets the 0.9M-parameter digits
+    model train for hundreds of epochs over 1437 images without memorising them.
     """
 
     def __init__(self, dim: int, *, hidden: int = 128, n_layers: int = 3, embedding_type: str = "fourier",
-                 fourier_scale: float = 16.0, init_scale: float = 0.0, rngs: nnx.Rngs):
+                 fourier_scale: float = 16.0, init_scale: float = 0.0, dropout: float = 0.0, rngs: nnx.Rngs):
         for name, value in (("dim", dim), ("hidden", hidden), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = nnx.Dropout(dropout)
         self.dim, self.embedding_type, self.fourier_scale, self.hidden = dim, embedding_type, float(fourier_scale), hidden
         self.embed = linear(embedding_dim(embedding_type, hidden), hidden, rngs)
         widths = [dim] + [hidden] * n_layers
@@ -36,13 +42,16 @@ class MLP(nnx.Module):
         self.out = linear(hidden, dim, rngs, scale=init_scale)
 
     def __call__(self, x: jax.Array, c_noise: jax.Array, *, train: bool = False, key: jax.Array | None = None):
-        """(B, *dims), (B,) -> (B, *dims). ``train`` and ``key`` are accepted for a uniform model signature (no dropout)."""
-        del train, key
+        """(B, *dims), (B,) -> (B, *dims). ``train=True`` applies dropout with masks drawn from ``key``."""
+        if train and self.dropout.rate > 0 and key is None:
+            raise ValueError("MLP: train=True with dropout needs a PRNG key")
         if math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must have {self.dim} values per example, got shape {x.shape}")
         e = jax.nn.silu(self.embed(embed_noise(c_noise, self.embedding_type, self.hidden, self.fourier_scale)))
         h = x.reshape(x.shape[0], self.dim)
         for i, (layer, cond) in enumerate(zip(self.layers, self.cond)):
             update = jax.nn.silu(layer(h) + cond(e))
+            if train and self.dropout.rate > 0:
+                update = self.dropout(update, deterministic=False, rngs=jax.random.fold_in(key, i))
             h = update if i == 0 else h + update
         return self.out(h).reshape(x.shape)

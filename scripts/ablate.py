@@ -6,7 +6,11 @@ Source: ``--mixture NAME|FILE.json`` (a built-in Gaussian mixture or ``{"means",
 under ``--sde``, or ``--workdir DIR`` (a training run's EMA network, newest checkpoint or ``--step``).
 Samplers: ``--samplers a,b,...`` (default every fixed-step sampler plus the adaptive ones); fixed-step
 samplers run at each ``--nfe`` budget, ``ode_adaptive`` / ``sde_adaptive`` once per ``--tolerances``
-value. Metrics and their definitions: ``sde_lib.ablation``. Bad input ends with a one-line error.
+value. Metrics and their definitions: ``sde_lib.ablation``; a trained image model (``--workdir`` of a
+digits run) adds Fréchet distance, KID, precision and recall with their floors (``--n`` up to the test
+split's size, e.g. 360 for digits). Bad input ends with a one-line error.
+
+    .venv/bin/python scripts/ablate.py --workdir runs/quickstart --n 360 --out out/ablate_digits_vp
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ref_float32", action="store_true", help="reference solve in float32 instead of float64")
     p.add_argument("--projections", type=int, default=128, help="directions of the sliced W2 distance")
     p.add_argument("--floor_draws", type=int, default=5, help="exact sets behind the distance floor")
+    p.add_argument("--cache_dir", default=None, help="feature-classifier cache folder (image workdirs)")
     p.add_argument("--out", default="out/ablate")
     return p
 
@@ -59,7 +64,7 @@ def main(argv=None) -> None:
         result = ablation.run_ablation(
             source, samplers, _list(a.nfe, int, "--nfe"), tolerances=_list(a.tolerances, float, "--tolerances"),
             n=a.n, seed=a.seed, eps=a.eps, denoise=a.denoise, ref_tol=a.ref_tol, ref_x64=not a.ref_float32,
-            num_projections=a.projections, floor_draws=a.floor_draws)
+            num_projections=a.projections, floor_draws=a.floor_draws, cache_dir=a.cache_dir)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     paths = ablation.write_outputs(result, a.out)

@@ -112,7 +112,7 @@ def bench_train(args) -> list[dict]:
     config.model.num_res_blocks = args.res_blocks
     config.training.batch_size = args.batch
     config.training.n_jitted_steps = 1
-    optimizer = training.make_optimizer(config.optim)
+    optimizer = training.make_optimizer(config.optim, config.training.n_iters)
     graphdef, state = training.init_train_state(config, optimizer)
     mesh = training.make_mesh()
     step = training.make_train_step(config, graphdef, optimizer, mesh)

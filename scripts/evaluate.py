@@ -1,4 +1,14 @@
-"""Evaluate a score model. Mode ``likelihood``: bits/dim of discrete data through the PF-ODE.
+"""Evaluate a score model. Modes: ``likelihood`` (bits/dim through the PF-ODE) and ``metrics``.
+
+Mode ``metrics`` (also spelled ``--metrics``): sample-quality metrics (Fréchet distance, KID,
+precision / recall in a cached classifier's feature space, sliced Wasserstein, memorisation; each with
+its real-vs-real floor) and test bits/dim of one or all checkpoints of a training run, as a table and
+a plot against training step (``sde_lib.evaluation``):
+
+    .venv/bin/python scripts/evaluate.py --metrics --workdir runs/quickstart [--checkpoints 1000,2500] \
+        [--sampler dpm_solver_pp_3m --steps 20] [--num 360] [--no_bpd] [--out DIR]
+
+Mode ``likelihood``:
 
     .venv/bin/python scripts/evaluate.py likelihood --mixture gauss16d --data mixture --n 512 \\
         --levels 256 --scale=-3,3 --n_dequant 4 --out out/eval_likelihood
@@ -129,9 +139,42 @@ def likelihood(a):
           f"(mean NFE {report['nfe_mean']:.0f}); report in {a.out}")
 
 
+def metrics(a):
+    from sde_lib import evaluation
+
+    if not os.path.isdir(a.workdir):
+        raise ValueError(f"workdir {a.workdir!r} not found")
+    if a.checkpoints == "all":
+        steps = None
+    elif a.checkpoints == "latest":
+        steps = evaluation.checkpoint_steps(a.workdir)[-1:]
+    else:
+        try:
+            steps = [int(v) for v in a.checkpoints.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--checkpoints must be 'all', 'latest' or comma-separated steps, got {a.checkpoints!r}") from None
+    rows = evaluation.evaluate_checkpoints(a.workdir, steps, sampler=a.sampler, sampler_steps=a.steps, num=a.num,
+                                           bpd=not a.no_bpd, bpd_num=a.bpd_num, seed=a.seed, cache_dir=a.cache_dir)
+    out = a.out or os.path.join(a.workdir, "eval_metrics")
+    paths = evaluation.write_report(rows, a.workdir, out)
+    print(evaluation.markdown(rows, a.workdir))
+    print("wrote " + ", ".join(paths.values()))
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("metrics", help="sample metrics and bits/dim of a run's checkpoints against step")
+    m.add_argument("--workdir", required=True, help="a training run directory")
+    m.add_argument("--checkpoints", default="all", help="'all', 'latest' or comma-separated steps")
+    m.add_argument("--sampler", default=None, help="default: the run's config.sampling.sampler")
+    m.add_argument("--steps", type=int, default=None, help="sampler steps (default: config.sampling.steps)")
+    m.add_argument("--num", type=int, default=None, help="samples per checkpoint (default: the real sets' size)")
+    m.add_argument("--no_bpd", action="store_true", help="skip the bits/dim column")
+    m.add_argument("--bpd_num", type=int, default=None, help="test examples for bits/dim (default config.eval.num_samples)")
+    m.add_argument("--cache_dir", default=None, help="feature-classifier cache folder")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", default=None, help="default: WORKDIR/eval_metrics")
     q = sub.add_parser("likelihood", help="bits/dim of discrete data through the PF-ODE")
     q.add_argument("--model", default="oracle", choices=["oracle"], help="score source without --workdir")
     q.add_argument("--workdir", default=None, help="a training run directory: evaluate its EMA model")
@@ -157,13 +200,15 @@ def parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--metrics" in argv:  # the flag spelling of the metrics mode
+        argv = ["metrics"] + [v for v in argv if v != "--metrics"]
     a = parser().parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
     a.n_given = any(x.startswith("--n=") or x == "--n" for x in argv)
     a.n_dequant_given = any(x.startswith("--n_dequant") for x in argv)
     try:
-        {"likelihood": likelihood}[a.mode](a)
-    except ValueError as e:
+        {"likelihood": likelihood, "metrics": metrics}[a.mode](a)
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -19,6 +19,10 @@ is scored by
   set (mean and std over ``floor_draws`` sets), so a sampler is indistinguishable from exact when its
   distance sits at the floor;
 * mean true log-density ``log p_0`` of the samples, next to that of the exact draws;
+* for a trained image model (digits, Fashion-MNIST, CIFAR-10): Fréchet distance, KID, precision and
+  recall in the feature space of the data set's cached classifier (``sde_lib.metrics``), each with its
+  bootstrap error, on ``min(n, size of the real sets)`` samples against the test split; their
+  real-vs-real floors go into ``meta``;
 * wall time per sample: one warm-up call compiles each (sampler, steps), then one timed call.
 
 Fixed-step samplers get ``steps = steps_for_nfe(name, budget)`` and report the NFE they actually used
@@ -46,7 +50,8 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 ADAPTIVE = ("ode_adaptive", "sde_adaptive")
 COLUMNS = ("sampler", "family", "budget", "steps", "tol", "nfe", "err_median", "err_rms", "sw2", "logp_mean",
-           "sec_per_sample")
+           "fd", "fd_err", "kid", "kid_err", "precision", "recall", "sec_per_sample")
+IMAGE_METRICS = ("fd", "kid", "precision", "recall")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Source:
       dims: shape of one example, e.g. ``(2,)`` or ``(8, 8, 1)``.
       exact_samples: ``exact_samples(key, n) -> (n, *dims)`` draws of the data, or None if unknown.
       log_prob: ``log_prob(x (n, *dims)) -> (n,)`` true data log-density, or None if unknown.
+      data_cfg: ``config.data`` of a labelled image data set (classifier-feature metrics), or None.
     """
 
     name: str
@@ -68,6 +74,7 @@ class Source:
     dims: tuple[int, ...]
     exact_samples: Callable[[jax.Array, int], jax.Array] | None = None
     log_prob: Callable[[jax.Array], jax.Array] | None = None
+    data_cfg: object | None = None
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -118,12 +125,15 @@ def workdir_source(workdir: str, step: int | None = None) -> Source:
     config, graphdef, ema, step = run.load_ema(workdir, step)
     sde = get_sde(config)
     score_fn = training.score_fn_builder(config, graphdef, sde)(ema)
+    from sde_lib.metrics.reference import LABELLED
+
     exact = log_prob = None
     if config.data.dataset == "toy" and config.data.toy_name in ("mixture",) + toy.MIXTURES:
         gmm = toy.toy_density(config.data.toy_name)
         exact, log_prob = gmm.sample, gmm.log_prob
+    data_cfg = config.data if config.data.dataset in LABELLED else None
     return Source(f"workdir:{os.path.basename(os.path.normpath(workdir))}@{step}", sde, score_fn,
-                  tuple(data_dims(config.data)), exact, log_prob)
+                  tuple(data_dims(config.data)), exact, log_prob, data_cfg)
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -238,12 +248,15 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
                  budgets: Sequence[int] = (10, 20, 50, 100, 1000), *,
                  tolerances: Sequence[float] = (1e-2, 1e-3, 1e-4), n: int = 2000, seed: int = 0,
                  eps: float | None = None, denoise: bool = False, ref_tol: float = 1e-8, ref_x64: bool = True,
-                 num_projections: int = 128, floor_draws: int = 5, progress: bool = True) -> dict:
+                 num_projections: int = 128, floor_draws: int = 5, progress: bool = True,
+                 cache_dir: str | None = None) -> dict:
     """Run ``samplers`` x ``budgets`` (adaptive samplers x ``tolerances``) on ``source``.
 
     Returns ``{"rows": [dict per entry with COLUMNS], "meta": {...}}``; ``meta`` holds the source, ``n``,
     the reference solve's settings and NFE, the SW2 floor (mean, std), and the exact draws' and the
-    reference samples' SW2 and mean log-density. Metrics a source cannot provide are NaN.
+    reference samples' SW2 and mean log-density; for image sources the metric sample size, classifier
+    accuracy and the FD / KID / precision / recall floors. Metrics a source cannot provide are NaN.
+    ``cache_dir``: the feature classifier's cache folder (image sources).
     """
     from tqdm.auto import tqdm
 
@@ -278,10 +291,13 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
 
     if source.log_prob is not None and exact is not None:
         meta["logp_exact"] = logp(exact)
+    image_metrics = _image_metrics(source, int(n), seed, meta, cache_dir)
     need_ref = any(sampling.sampler_family(p.sampler) != "sde" for p in plan)
     if need_ref:
         ref, ref_nfe = reference_solve(source, x_init, k_noise, tol=ref_tol, x64=ref_x64, eps=eps, denoise=denoise)
         meta.update(reference_nfe=ref_nfe, sw2_reference=sw2(ref), logp_reference=logp(ref))
+        if source.data_cfg is not None:
+            meta.update({f"{k}_reference": v for k, v in image_metrics(ref).items()})
 
     rows = []
     bar = tqdm(plan, desc="ablation", disable=not progress)
@@ -294,8 +310,34 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
         med, rms = (nan, nan) if stochastic else endpoint_errors(x, ref)
         rows.append({"sampler": p.sampler, "family": sampling.sampler_family(p.sampler), "budget": p.budget,
                      "steps": p.steps, "tol": p.tol, "nfe": nfe, "err_median": med, "err_rms": rms, "sw2": sw2(x),
-                     "logp_mean": logp(x), "sec_per_sample": sec})
+                     "logp_mean": logp(x), "sec_per_sample": sec, **image_metrics(x)})
     return {"rows": rows, "meta": meta}
+
+
+def _image_metrics(source: Source, n: int, seed: int, meta: dict, cache_dir: str | None):
+    """``x -> {fd, fd_err, kid, kid_err, precision, recall}`` for image sources (NaNs otherwise).
+
+    Records the metric sample size, the classifier's test accuracy and the real-vs-real floors in ``meta``.
+    """
+    nan = float("nan")
+    if source.data_cfg is None:
+        return lambda x: {k: nan for k in ("fd", "fd_err", "kid", "kid_err", "precision", "recall")}
+    from sde_lib.metrics import evaluate_samples, get_classifier
+    from sde_lib.metrics.reference import image_spec, real_sets
+
+    clf = get_classifier(source.data_cfg, cache_dir=cache_dir)
+    sets = real_sets(image_spec(source.data_cfg))
+    m = min(n, len(sets.test), len(sets.held))
+    meta.update(metric_n=m, dataset=clf.spec.dataset, classifier_accuracy=clf.accuracy)
+
+    def compute(x):
+        r = evaluate_samples(np.asarray(x), source.data_cfg, n=m, seed=seed, classifier=clf)
+        for k in IMAGE_METRICS:  # the floors depend only on (n, seed): the same for every entry
+            meta[f"{k}_floor"], meta[f"{k}_floor_err"] = r[f"{k}_floor"], r[f"{k}_floor_err"]
+        return {"fd": r["fd"], "fd_err": r["fd_err"], "kid": r["kid"], "kid_err": r["kid_err"],
+                "precision": r["precision"], "recall": r["recall"]}
+
+    return compute
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -318,14 +360,26 @@ def markdown(result: dict) -> str:
             f"floor (exact vs exact) {_fmt(m['sw2_floor'])} +- {_fmt(m['sw2_floor_std'])} "
             f"over {m['floor_draws']} draws; reference samples {_fmt(m['sw2_reference'])}.\n"
             f"Mean log p0: exact draws {_fmt(m['logp_exact'])}, reference samples {_fmt(m['logp_reference'])}.\n\n")
-    cols = ("sampler", "NFE budget", "steps / tol", "actual NFE", "err median", "err RMS", "SW2", "mean log p0",
-            "s / sample")
+    images = "dataset" in m
+    if images:
+        floors = ", ".join(f"{k} {_fmt(m[f'{k}_floor'])} ± {_fmt(m[f'{k}_floor_err'])}" for k in IMAGE_METRICS)
+        ref = ", ".join(f"{k} {_fmt(m.get(f'{k}_reference'))}" for k in IMAGE_METRICS)
+        head += (f"Image metrics on {m['metric_n']} samples vs the {m['dataset']} test split, in the features of a "
+                 f"classifier with test accuracy {m['classifier_accuracy']:.3f}; real-vs-real floors: {floors}; "
+                 f"reference samples: {ref}.\n\n")
+    cols = ["sampler", "NFE budget", "steps / tol", "actual NFE", "err median", "err RMS"]
+    cols += ["FD", "KID", "precision", "recall"] if images else ["SW2", "mean log p0"]
+    cols += ["s / sample"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
-        cells = (r["sampler"], _fmt(r["budget"]), _fmt(r["steps"]) if r["tol"] is None else f"tol {r['tol']:g}",
-                 f"{r['nfe']:.4g}", _fmt(r["err_median"]), _fmt(r["err_rms"]), _fmt(r["sw2"]), _fmt(r["logp_mean"]),
-                 _fmt(r["sec_per_sample"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [r["sampler"], _fmt(r["budget"]), _fmt(r["steps"]) if r["tol"] is None else f"tol {r['tol']:g}",
+                 f"{r['nfe']:.4g}", _fmt(r["err_median"]), _fmt(r["err_rms"])]
+        if images:
+            cells += [f"{_fmt(r['fd'])} ± {_fmt(r['fd_err'])}", f"{_fmt(r['kid'])} ± {_fmt(r['kid_err'])}",
+                      _fmt(r["precision"]), _fmt(r["recall"])]
+        else:
+            cells += [_fmt(r["sw2"]), _fmt(r["logp_mean"])]
+        lines.append("| " + " | ".join(cells + [_fmt(r["sec_per_sample"])]) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -338,7 +392,9 @@ def plot(result: dict, path: str) -> None:
 
     m = result["meta"]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
-    panels = (("err_rms", "endpoint error (RMS L2)"), ("sw2", "sliced W2 to exact draws"),
+    images = "dataset" in m
+    panels = (("err_rms", "endpoint error (RMS L2)"),
+              ("fd", "Fréchet distance (classifier features)") if images else ("sw2", "sliced W2 to exact draws"),
               ("sec_per_sample", "wall time per sample [s]"))
     names = list(dict.fromkeys(r["sampler"] for r in result["rows"]))
     cmap = plt.get_cmap("tab20")
@@ -352,6 +408,9 @@ def plot(result: dict, path: str) -> None:
         if key == "sw2" and np.isfinite(m["sw2_floor"]):
             lo, hi = m["sw2_floor"] - m["sw2_floor_std"], m["sw2_floor"] + m["sw2_floor_std"]
             ax.axhspan(max(lo, 1e-12), hi, color="grey", alpha=0.3, label="exact-vs-exact floor")
+        if key == "fd":
+            lo, hi = m["fd_floor"] - m["fd_floor_err"], m["fd_floor"] + m["fd_floor_err"]
+            ax.axhspan(max(lo, 1e-3), hi, color="grey", alpha=0.3, label="real-vs-real floor")
         ax.set(xscale="log", yscale="log", xlabel="NFE (actual)", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)

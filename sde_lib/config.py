@@ -25,6 +25,7 @@ MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
 UNET_NAMES = ("ncsnpp", "ddpmpp")
 PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
 OPTIMIZERS = ("Adam", "AdamW")
+SCHEDULES = ("constant", "cosine", "linear")
 SPLITS = ("train", "test")
 
 
@@ -103,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
     o.optimizer = "Adam"
     o.lr = 2e-4
     o.warmup = 5000
+    o.schedule = "constant"  # after warm-up: constant | cosine | linear decay to 0 at training.n_iters
     o.grad_clip = 1.0  # global-norm clip; 0 disables clipping
     o.beta1 = 0.9
     o.eps = 1e-8
@@ -260,6 +262,7 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
         _unet_checks(config)
 
     _one_of(config, "optim.optimizer", OPTIMIZERS)
+    _one_of(config, "optim.schedule", SCHEDULES)
     _positive(config, "optim.lr")
     for f in ("warmup", "grad_clip", "weight_decay"):
         _positive(config, "optim." + f, allow_zero=True)

@@ -11,7 +11,9 @@ change of variables d log p_t(x_t)/dt = -div v(x_t, t), so for x_eps = x
     div v = D f(t) - 1/2 g(t)^2 tr(d s / d x).
 
 We integrate the augmented state (x, delta) with d delta/dt = div v from eps to T in one diffrax solve
-over the batch: one shared adaptive step sequence whose error norm is the worst example's RMS.
+over the batch: one shared adaptive step sequence whose error norm is, by default, the worst example's
+RMS (``error_norm="per_example"``: every log p meets the tolerance) or the RMS over the whole batch
+(``"batch"``: score_sde's host loop, ~15% fewer evaluations, a looser per-example error).
 The trace is exact (D Jacobian-vector products against the basis) or Hutchinson's estimate
 tr A ~ mean_j u_j^T A u_j with probes fixed along the trajectory. The probes do not change the x
 trajectory, so the Hutchinson error is int (u^T J u - tr J) dt, of mean zero given the path: the
@@ -126,6 +128,16 @@ def probability_flow_field(sde: SDE, score_fn, vectors: jax.Array, exact: bool, 
 
 
 # ------------------------------------------------------------------------------------------- solve
+ERROR_NORMS = ("per_example", "batch")
+
+
+def _batch_rms(state) -> jax.Array:
+    """Error norm of the augmented state: the RMS over every component of the batch (scipy's, on the
+    flattened batch), so one example's error can hide behind the others'."""
+    y, delta = state
+    return jnp.sqrt((jnp.sum(jnp.square(y)) + jnp.sum(jnp.square(delta))) / (y.size + delta.size))
+
+
 def _per_example_rms_max(state) -> jax.Array:
     """Error norm of the augmented state: the largest over examples of each example's RMS.
 
@@ -139,9 +151,9 @@ def _per_example_rms_max(state) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("sde", "score_fn", "trace", "probe", "n_probes", "rtol", "atol", "eps",
-                                   "solver", "product", "max_steps"))
+                                   "solver", "product", "max_steps", "error_norm"))
 def _solve(x, key, offset, *, sde, score_fn, trace, probe, n_probes, rtol, atol, eps, solver, product,
-           max_steps):
+           max_steps, error_norm):
     """One batched solve of the augmented ODE; compiled once per (shapes, static options)."""
     if trace == "exact":
         vectors = _basis(x)
@@ -149,7 +161,8 @@ def _solve(x, key, offset, *, sde, score_fn, trace, probe, n_probes, rtol, atol,
         vectors = draw_probes(key, x.shape, probe, n_probes, offset, x.dtype)
     field = probability_flow_field(sde, score_fn, vectors, exact=trace == "exact", product=product)
     tab = solver.tableau
-    pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=_per_example_rms_max)
+    norm = _per_example_rms_max if error_norm == "per_example" else _batch_rms
+    pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
     controller = CountingPIDController(pid, len(tab.c) + 1, bool(tab.fsal))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, state, args: field(t, state)), solver, t0=eps, t1=sde.T,
@@ -173,9 +186,10 @@ def _check_choice(name, value, choices):
 
 
 def _solve_options(sde, score_fn, *, trace="hutchinson", probe="rademacher", n_probes=1, rtol=1e-5,
-                   atol=1e-5, eps=1e-5, solver=None, product="jvp", max_steps=4096):
+                   atol=1e-5, eps=1e-5, solver=None, product="jvp", max_steps=4096, error_norm="per_example"):
     """Validated, hashable static options of :func:`_solve` (defaults as in :func:`log_likelihood`)."""
     _check_choice("trace", trace, TRACES)
+    _check_choice("error_norm", error_norm, ERROR_NORMS)
     _check_choice("probe", probe, PROBES)
     _check_choice("product", product, PRODUCTS)
     if int(n_probes) < 1:
@@ -188,13 +202,13 @@ def _solve_options(sde, score_fn, *, trace="hutchinson", probe="rademacher", n_p
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     return dict(sde=sde, score_fn=score_fn, trace=trace, probe=probe, n_probes=int(n_probes),
                 rtol=float(rtol), atol=float(atol), eps=float(eps), solver=resolve_solver(solver),
-                product=product, max_steps=int(max_steps))
+                product=product, max_steps=int(max_steps), error_norm=error_norm)
 
 
 def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: str = "hutchinson",
                    probe: str = "rademacher", n_probes: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    eps: float = 1e-5, solver=None, product: str = "jvp", batch_size: int | None = None,
-                   max_steps: int = 4096):
+                   max_steps: int = 4096, error_norm: str = "per_example"):
     """log p_eps(x) of the model defined by the probability-flow ODE of ``sde`` driven by ``score_fn``.
 
     Args:
@@ -211,6 +225,9 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
       batch_size: solve in chunks of this many examples (the last padded), bounding memory; every chunk
         reuses one compiled solve. None: one solve for the batch.
       max_steps: step cap of each solve.
+      error_norm: "per_example" (a step is accepted when every example's RMS error meets the
+        tolerance) or "batch" (RMS over the whole batch, as scipy on the flattened batch: fewer steps,
+        no per-example guarantee).
 
     Returns:
       logp ``(B,)`` and info: ``nfe`` ``(B,)`` exact score_fn evaluations spent on each example's
@@ -225,7 +242,8 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     options = _solve_options(sde, score_fn, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
-                             atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps)
+                             atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
+                             error_norm=error_norm)
     outs = [out for _, out in _chunked_solves(x, key, batch_size, options)]
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
 
@@ -312,7 +330,8 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     is (in expectation) an upper bound on the model's negative log-likelihood of the discrete data.
 
     Host-level driver (validates ``k`` eagerly, loops over chunks and draws); each solve is compiled.
-    ``options`` go to :func:`log_likelihood` (trace, probe, n_probes, rtol, atol, eps, solver, product).
+    ``options`` go to :func:`log_likelihood` (trace, probe, n_probes, rtol, atol, eps, solver, product,
+    max_steps, error_norm).
 
     Returns:
       bpd ``(B,)`` averaged over draws, and info with ``bpd_draws`` ``(n_dequant, B)`` and ``nfe``

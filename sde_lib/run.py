@@ -140,7 +140,7 @@ def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress:
     for field, size in (("training.batch_size", t.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % mesh.size:
             raise ValueError(f"config.{field}={size} must be a multiple of the {mesh.size} devices")
-    optimizer = training.make_optimizer(config.optim)
+    optimizer = training.make_optimizer(config.optim, config.training.n_iters)
     graphdef, state = training.init_train_state(config, optimizer)
     state = jax.device_put(state, training.replicated(mesh))
     checkpoints = ckpt_lib.Checkpointer(workdir, keep=keep)
@@ -216,7 +216,7 @@ def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress:
 def load_ema(workdir: str, step: int | None = None):
     """``(config, graphdef, ema_params, step)`` of ``workdir``'s newest checkpoint (or ``step``)."""
     config = ckpt_lib.read_config(workdir)
-    optimizer = training.make_optimizer(config.optim)
+    optimizer = training.make_optimizer(config.optim, config.training.n_iters)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0))), nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
@@ -254,13 +254,15 @@ def sample_workdir(workdir: str, out_prefix: str, *, sampler: str | None = None,
 
 
 def evaluate_bpd(workdir: str, *, split: str | None = None, num: int | None = None, n_dequant: int | None = None,
-                 trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None) -> dict:
-    """Bits/dim of ``workdir``'s EMA model on ``split`` (default ``config.eval.split``) via the PF-ODE.
+                 trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None,
+                 step: int | None = None) -> dict:
+    """Bits/dim of ``workdir``'s EMA model (newest checkpoint, or ``step``) on ``split`` (default
+    ``config.eval.split``) via the PF-ODE.
 
     Uses the first ``num`` examples (default ``config.eval.num_samples``), ``n_dequant`` dequantisation
     draws (default ``config.eval.bpd_num_repeats``) and ``sde_lib.likelihood.bits_per_dim``.
     """
-    config, graphdef, ema, step = load_ema(workdir)
+    config, graphdef, ema, step = load_ema(workdir, step)
     d, e = config.data, config.eval
     if d.levels is None:
         raise ValueError(f"{workdir}: bits/dim needs discrete data (config.data.levels), got continuous data")

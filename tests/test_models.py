@@ -138,6 +138,20 @@ def test_mlp_shape_conditioning_and_count():
     assert float(jnp.max(jnp.abs(zero(jnp.ones((4, 3)), jnp.ones(4))))) < 1e-4
 
 
+def test_mlp_dropout():
+    model = MLP(3, hidden=32, n_layers=3, fourier_scale=1.0, init_scale=1.0, dropout=0.5, rngs=nnx.Rngs(0))
+    x, c = jnp.ones((4, 3)), jnp.arange(4.0)
+    off = model(x, c)
+    np.testing.assert_array_equal(np.asarray(off), np.asarray(model(x, c, train=False, key=jax.random.key(1))))
+    on1, on1b, on2 = (model(x, c, train=True, key=jax.random.key(k)) for k in (1, 1, 2))
+    np.testing.assert_array_equal(np.asarray(on1), np.asarray(on1b))  # the key decides the masks
+    assert float(jnp.max(jnp.abs(on1 - on2))) > 1e-3 and float(jnp.max(jnp.abs(on1 - off))) > 1e-3
+    with pytest.raises(ValueError, match="key"):
+        model(x, c, train=True)
+    with pytest.raises(ValueError, match="dropout"):
+        MLP(3, dropout=1.0, rngs=nnx.Rngs(0))
+
+
 def test_mlp_flattens_images():
     """An 8x8x1 image is a 64-D vector to the MLP: same output as the flattened input, reshaped back."""
     model = MLP(64, hidden=16, n_layers=3, embedding_type="fourier", fourier_scale=1.0, init_scale=1.0,

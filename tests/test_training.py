@@ -41,6 +41,18 @@ def test_warmup_schedule():
     assert training.learning_rate_schedule(config.optim)(0) == config.optim.lr
 
 
+@pytest.mark.parametrize("kind, mid", [("cosine", 0.5), ("linear", 0.5)])
+def test_decay_schedule(kind, mid):
+    config = make_config(**{"optim.schedule": kind, "optim.warmup": 10})
+    lr = training.learning_rate_schedule(config.optim, n_iters=1000)
+    base = config.optim.lr
+    # Warm-up first, then the decay: half the rate at mid-run, zero at and after the last update.
+    np.testing.assert_allclose([lr(0), lr(500), lr(1000), lr(2000)], [base / 10, mid * base, 0.0, 0.0], rtol=1e-5, atol=1e-12)
+    assert lr(250) > lr(750) > 0
+    with pytest.raises(ValueError, match="n_iters"):
+        training.learning_rate_schedule(config.optim)
+
+
 @pytest.fixture(scope="module")
 def single_device_step():
     config = make_config(**{"training.n_jitted_steps": 1})
