@@ -33,7 +33,8 @@ def get_model(config, rngs: nnx.Rngs) -> nnx.Module:
         from sde_lib.data import data_dims  # lazy: the data package is only needed for this lookup
 
         return MLP(math.prod(data_dims(d)), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
-                   fourier_scale=m.fourier_scale, init_scale=m.init_scale, dropout=m.dropout, rngs=rngs)
+                   fourier_scale=m.fourier_scale, init_scale=m.init_scale, dropout=m.dropout,
+                   input_fourier=tuple(m.get("input_fourier", ())), embed_dim=m.get("embed_dim") or None, rngs=rngs)
     if m.name in ("ncsnpp", "ddpmpp"):
         return UNet(image_size=d.image_size, num_channels=d.num_channels, nf=m.nf, ch_mult=m.ch_mult,
                     num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions, dropout=m.dropout,

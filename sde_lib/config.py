@@ -26,6 +26,7 @@ UNET_NAMES = ("ncsnpp", "ddpmpp")
 PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
 OPTIMIZERS = ("Adam", "AdamW")
 SCHEDULES = ("constant", "cosine", "linear")
+FLOAT_TUPLES = ("model.input_fourier",)  # tuple fields of numbers; every other tuple field holds ints
 SPLITS = ("train", "test")
 
 
@@ -99,6 +100,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.progressive_input = "none"
     m.hidden = 128
     m.n_layers = 3
+    m.input_fourier = ()  # MLP: angular frequencies of sin/cos input features (VDM); () for none
+    m.embed_dim = 0  # MLP: width of the noise embedding; 0 = hidden
 
     c.optim = o = ml_collections.ConfigDict()
     o.optimizer = "Adam"
@@ -148,7 +151,8 @@ def _check_type(field: str, value, expected: type):
     elif expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif expected in (tuple, list):
-        ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        kinds = (int, float) if field in FLOAT_TUPLES else int
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
     else:
         ok = isinstance(value, expected)
     if not ok:
@@ -257,6 +261,11 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     for f in ("nf", "num_res_blocks", "fourier_scale", "hidden", "n_layers"):
         _positive(config, "model." + f)
     _positive(config, "model.init_scale", allow_zero=True)
+    _positive(config, "model.embed_dim", allow_zero=True)
+    if any(not (math.isfinite(w) and w > 0) for w in m.input_fourier):
+        _fail("model.input_fourier", f"must hold positive angular frequencies, got {m.input_fourier!r}")
+    if m.input_fourier and m.name != "mlp":
+        _fail("model.input_fourier", f"is an option of the 'mlp' network, got model.name={m.name!r}")
     _one_of(config, "model.embedding_type", ("fourier", "positional"))
     if m.name in UNET_NAMES:
         _unet_checks(config)

@@ -178,7 +178,9 @@ def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, m
         if k == 1:
             state, metrics = update(state, batch)
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(update, state, batch)
+        # Unrolled: XLA:CPU runs convolutions inside a while loop ~20x slower (a U-Net step on digits:
+        # 0.08 vs 1.5 steps/s); the unrolled program is the same k updates at k times the compile size.
+        return jax.lax.scan(update, state, batch, unroll=True)
 
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharding(mesh, stacked=k > 1)), out_shardings=(rep, rep),

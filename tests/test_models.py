@@ -138,6 +138,17 @@ def test_mlp_shape_conditioning_and_count():
     assert float(jnp.max(jnp.abs(zero(jnp.ones((4, 3)), jnp.ones(4))))) < 1e-4
 
 
+def test_mlp_input_fourier_features():
+    """sin / cos(w x) features widen the first layer to D (1 + 2K) inputs and change the output."""
+    w = (3.0, 6.0)
+    model = MLP(4, hidden=16, n_layers=2, fourier_scale=1.0, init_scale=1.0, input_fourier=w, rngs=nnx.Rngs(0))
+    assert model.layers[0].kernel.shape == (4 * 5, 16)
+    assert count_params(model) == mlp_count(4, 16, 2, "fourier") + 4 * 4 * 16
+    x, c = jnp.linspace(-1.0, 1.0, 8).reshape(2, 4), jnp.zeros(2)
+    plain = MLP(4, hidden=16, n_layers=2, fourier_scale=1.0, init_scale=1.0, rngs=nnx.Rngs(0))
+    assert model(x, c).shape == x.shape and float(jnp.max(jnp.abs(model(x, c) - plain(x, c)))) > 1e-3
+
+
 def test_mlp_dropout():
     model = MLP(3, hidden=32, n_layers=3, fourier_scale=1.0, init_scale=1.0, dropout=0.5, rngs=nnx.Rngs(0))
     x, c = jnp.ones((4, 3)), jnp.arange(4.0)
