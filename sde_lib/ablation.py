@@ -355,11 +355,13 @@ def markdown(result: dict) -> str:
     head = (f"Source `{m['source']}`, n = {m['n']} samples per entry (shared prior draws, seed {m['seed']}), "
             f"eps = {m['eps']:g}, denoise = {m['denoise']}.\n"
             f"Endpoint error: per-sample L2 to the reference ({m['reference']}, mean NFE "
-            f"{_fmt(m.get('reference_nfe'))}); blank for stochastic samplers.\n"
-            f"SW2: sliced Wasserstein-2 to {m['n']} exact draws over {m['num_projections']} fixed directions; "
-            f"floor (exact vs exact) {_fmt(m['sw2_floor'])} +- {_fmt(m['sw2_floor_std'])} "
-            f"over {m['floor_draws']} draws; reference samples {_fmt(m['sw2_reference'])}.\n"
-            f"Mean log p0: exact draws {_fmt(m['logp_exact'])}, reference samples {_fmt(m['logp_reference'])}.\n\n")
+            f"{_fmt(m.get('reference_nfe'))}); blank for stochastic samplers.\n")
+    if math.isfinite(m["sw2_floor"]):  # sources with exact draws (oracles, mixture toy runs)
+        head += (f"SW2: sliced Wasserstein-2 to {m['n']} exact draws over {m['num_projections']} fixed directions; "
+                 f"floor (exact vs exact) {_fmt(m['sw2_floor'])} +- {_fmt(m['sw2_floor_std'])} "
+                 f"over {m['floor_draws']} draws; reference samples {_fmt(m['sw2_reference'])}.\n"
+                 f"Mean log p0: exact draws {_fmt(m['logp_exact'])}, reference samples {_fmt(m['logp_reference'])}.\n")
+    head += "\n"
     images = "dataset" in m
     if images:
         floors = ", ".join(f"{k} {_fmt(m[f'{k}_floor'])} ± {_fmt(m[f'{k}_floor_err'])}" for k in IMAGE_METRICS)
