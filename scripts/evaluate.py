@@ -17,8 +17,9 @@ Model source: ``--model oracle`` (a built-in Gaussian mixture's exact score unde
 trained run with ``--workdir DIR`` (its EMA parameters, config and test split; ``--split``, ``--n``,
 ``--n_dequant``, ``--trace`` and ``--seed`` apply):
 
-    .venv/bin/python scripts/evaluate.py likelihood --workdir runs/quickstart --trace exact Data: ``--data mixture`` draws ``--n`` points of
-the same mixture and quantises them to ``--levels`` bins tiling ``--scale``; ``--data PATH.npz`` reads
+    .venv/bin/python scripts/evaluate.py likelihood --workdir runs/quickstart --trace exact
+
+Data: ``--data mixture`` draws ``--n`` points of the same mixture and quantises them to ``--levels`` bins tiling ``--scale``; ``--data PATH.npz`` reads
 integer levels 0..levels-1 from the array ``--split`` (default: the file's only array). Writes
 ``report.json`` and ``report.md`` into ``--out``. Bad input ends with a one-line error.
 """
