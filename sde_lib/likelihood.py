@@ -28,7 +28,6 @@ import math
 from functools import partial
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Digits 8x8, VP SDE, a small DDPM++ U-Net (nf 32, two levels 8 -> 4, attention at 4x4, 0.6M parameters).
+"""Digits 8x8, VP SDE, a small DDPM++ U-Net (nf 32, two levels 8 -> 4, attention at 4x4, 0.75M parameters).
 
 The convolutional counterpart of the residual-MLP recipe in ``_base.py`` (same data, likelihood
 weighting with importance-sampled times and EDM preconditioning). Each update costs several times the
