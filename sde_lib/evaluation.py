@@ -5,7 +5,7 @@ EMA parameters of each, draws ``num`` samples with one sampler from one fixed pr
 at every step, so the curves show the model changing, not the noise) and scores them with
 ``sde_lib.metrics.evaluate_samples`` (Fréchet distance, KID, precision / recall, sliced Wasserstein,
 memorisation, each with its bootstrap error and real-vs-real floor); optionally it adds the test
-bits/dim through the probability-flow ODE (``run.evaluate_bpd``). ``write_report`` turns the rows into
+bits/dim through the probability-flow ODE (``run.model_bpd``). ``write_report`` turns the rows into
 ``metrics.csv``, ``metrics.json``, ``metrics.md`` and ``metrics.png`` (each metric against step, floor
 band shaded).
 """
@@ -89,7 +89,7 @@ def evaluate_checkpoints(workdir: str, steps: Sequence[int] | None = None, *, sa
                "sample_seconds": time.perf_counter() - start}
         row.update(evaluate_samples(x, config.data, n=num, seed=seed, classifier=clf))
         if bpd:
-            r = run.evaluate_bpd(workdir, step=step, num=bpd_num, seed=seed)
+            r = run.model_bpd(config, sde, score_fn, num=bpd_num, seed=seed)  # the EMA already loaded
             row.update(bpd=r["bpd"], bpd_err=r["bpd_stderr"], bpd_nfe=r["nfe"])
         rows.append(row)
     return rows

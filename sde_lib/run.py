@@ -256,26 +256,36 @@ def sample_workdir(workdir: str, out_prefix: str, *, sampler: str | None = None,
 def evaluate_bpd(workdir: str, *, split: str | None = None, num: int | None = None, n_dequant: int | None = None,
                  trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None,
                  step: int | None = None) -> dict:
-    """Bits/dim of ``workdir``'s EMA model (newest checkpoint, or ``step``) on ``split`` (default
-    ``config.eval.split``) via the PF-ODE.
+    """Bits/dim of ``workdir``'s EMA model (newest checkpoint, or ``step``): :func:`model_bpd` plus ``step``."""
+    config, graphdef, ema, step = load_ema(workdir, step)
+    if config.data.levels is None:
+        raise ValueError(f"{workdir}: bits/dim needs discrete data (config.data.levels), got continuous data")
+    sde = get_sde(config)
+    report = model_bpd(config, sde, training.score_fn_builder(config, graphdef, sde)(ema), split=split, num=num,
+                       n_dequant=n_dequant, trace=trace, seed=seed, batch_size=batch_size)
+    return {"step": step, **report}
+
+
+def model_bpd(config, sde, score_fn, *, split: str | None = None, num: int | None = None,
+              n_dequant: int | None = None, trace: str = "hutchinson", seed: int = 0,
+              batch_size: int | None = None) -> dict:
+    """Bits/dim of ``score_fn``'s PF-ODE model on ``split`` (default ``config.eval.split``) of ``config.data``.
 
     Uses the first ``num`` examples (default ``config.eval.num_samples``), ``n_dequant`` dequantisation
     draws (default ``config.eval.bpd_num_repeats``) and ``sde_lib.likelihood.bits_per_dim``.
     """
-    config, graphdef, ema, step = load_ema(workdir, step)
     d, e = config.data, config.eval
     if d.levels is None:
-        raise ValueError(f"{workdir}: bits/dim needs discrete data (config.data.levels), got continuous data")
+        raise ValueError("bits/dim needs discrete data (config.data.levels), got continuous data")
     split = split or e.split
     levels = load_split(config.data, split)
     levels = levels[: int(num or e.num_samples)]
     start = time.perf_counter()
-    sde = get_sde(config)
-    bpd, info = bits_per_dim(sde, training.score_fn_builder(config, graphdef, sde)(ema), levels,
+    bpd, info = bits_per_dim(sde, score_fn, levels,
                              jax.random.PRNGKey(seed), levels=d.levels, scale=(-1.0, 1.0) if d.centered else (0.0, 1.0),
                              n_dequant=int(n_dequant or e.bpd_num_repeats), trace=trace,
                              batch_size=batch_size or e.batch_size, eps=config.training.eps)
     bpd = to_host(bpd)
-    return {"step": step, "split": split, "num": len(levels), "bpd": float(np.mean(bpd)),
+    return {"split": split, "num": len(levels), "bpd": float(np.mean(bpd)),
             "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "nfe": float(np.mean(to_host(info["nfe"]))),
             "trace": trace, "seconds": time.perf_counter() - start}

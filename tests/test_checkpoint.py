@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs.toy import vp as toy_vp
 from sde_lib import checkpoint as ckpt_lib
 from sde_lib import logging_utils, run, training
 from sde_lib.data import Dataset
+from tests.helpers import toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS = 300
@@ -30,11 +30,7 @@ OVERRIDES = {
 
 
 def make_config(**extra):
-    config = toy_vp.get_config()
-    for name, value in {**OVERRIDES, **extra}.items():
-        group, field = name.split(".")
-        config[group][field] = value
-    return config
+    return toy_config(OVERRIDES, **extra)
 
 
 def train_command(workdir):

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.toy import vp as toy_vp
 from sde_lib import logging_utils, training
 from sde_lib.data import make_iterator
+from tests.helpers import toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -25,11 +25,7 @@ OVERRIDES = {
 
 
 def make_config(**extra):
-    config = toy_vp.get_config()
-    for name, value in {**OVERRIDES, **extra}.items():
-        group, field = name.split(".")
-        config[group][field] = value
-    return config
+    return toy_config(OVERRIDES, **extra)
 
 
 def test_warmup_schedule():
