@@ -7,6 +7,7 @@ solve also checks ``info["nfe"]``.
 
 import math
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from scipy.stats import norm
 import sde_lib
 from sde_lib import likelihood as L
 from sde_lib.oracle import GaussianMixture, builtin_mixture
+from sde_lib.step_control import CountingPIDController, initial_step_size
 
 EPS = 1e-5
 KEY = jax.random.PRNGKey(0)
@@ -109,13 +111,39 @@ def test_nfe_counts_every_evaluation_for_other_solvers(counting_score):
     gmm = builtin_mixture("ring2d")
     score = counting_score(gmm.score_fn(sde))
     x = gmm.sample_t(sde, jax.random.PRNGKey(3), 16, EPS)
-    # Heun: no FSAL, 2 evaluations per attempted step.
+    # Heun: no FSAL, 2 evaluations per attempted step, after the 2 of the initial-step rule.
     _, info = L.log_likelihood(sde, score, x, KEY, trace="exact", solver="heun", rtol=1e-3, atol=1e-3)
-    assert int(info["nfe"][0]) == score.take() == 2 * int(info["num_steps"][0])
-    # Tsit5 at a tight tolerance rejects its first step: diffrax then recomputes the FSAL first stage.
+    assert int(info["nfe"][0]) == score.take() == 2 + 2 * int(info["num_steps"][0])
+    # Tsit5 (FSAL) at a tight tolerance, with rejected steps: 6 evaluations per attempt after the first.
     _, info = L.log_likelihood(sde, score, x, KEY, trace="exact", solver="tsit5", rtol=1e-8, atol=1e-8)
     calls = score.take()
-    assert int(info["nfe"][0]) == calls and calls > 6 * int(info["num_steps"][0]) + 1
+    assert int(info["num_rejected_steps"][0]) > 0
+    assert int(info["nfe"][0]) == calls == 2 + 7 + 6 * (int(info["num_steps"][0]) - 1)
+
+
+def test_counting_controller_counts_rejected_first_attempts():
+    """Until a step is accepted diffrax recomputes an FSAL tableau's first stage on every attempt."""
+    calls = []
+    field = lambda t, y, args: (jax.debug.callback(lambda: calls.append(1)), -50.0 * y)[1]
+    solver = diffrax.Tsit5()
+    controller = CountingPIDController(diffrax.PIDController(rtol=1e-6, atol=1e-6), 7, True)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=0.0, t1=1.0, dt0=0.9, y0=jnp.ones(3),
+                              stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True, controller_state=True))
+    jax.effects_barrier()
+    assert int(sol.stats["num_rejected_steps"]) >= 2 and int(sol.controller_state[1]) == len(calls)
+    np.testing.assert_allclose(sol.ys[-1], 0.0, atol=1e-5)  # exp(-50): within atol of 0
+
+
+def test_initial_step_size_rule():
+    """Hairer-Wanner on y' = c (constant): d2 = 0, so h = min(100 h0, (0.01 / d1)^(1/(q+1)), max_step)."""
+    rms = lambda y: jnp.sqrt(jnp.mean(jnp.square(y)))
+    y0, c, tol = jnp.full(4, 2.0), 3.0, 1e-3
+    scale = tol + tol * 2.0
+    h0 = 0.01 * (2.0 / scale) / (c / scale)
+    expected = min(100 * h0, (0.01 / (c / scale)) ** (1 / 5))
+    h = initial_step_size(lambda t, y: jnp.full_like(y, c), 0.0, y0, tol, tol, rms, 4, 10.0)
+    np.testing.assert_allclose(h, expected, rtol=1e-6)
+    assert float(initial_step_size(lambda t, y: jnp.full_like(y, c), 0.0, y0, tol, tol, rms, 4, 1e-4)) == np.float32(1e-4)
 
 
 def test_batch_chunks_reuse_one_solve_and_agree(exact_solves):
