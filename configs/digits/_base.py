@@ -54,7 +54,11 @@ def digits_config(sde: str):
     m.n_layers = 4
     m.embed_dim = 128  # a narrow noise embedding: half the step cost of width 512, and it overfits later
     m.embedding_type = "fourier"
-    m.fourier_scale = 16.0
+    # The EDM conditioning is log(sigma)/4, spanning ~3 units from eps to T. Fourier features of scale 16
+    # (score_sde's, made for log sigma itself) put ~100 oscillations over that range: the trained score
+    # wiggles in t, and the adaptive PF-ODE solve of bits/dim needed 538 evaluations per digit. Scale 1
+    # needs 203 for the same test bits/dim (2.389 vs 2.391).
+    m.fourier_scale = 1.0
     m.dropout = 0.0
 
     o = config.optim
