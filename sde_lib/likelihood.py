@@ -13,7 +13,8 @@ change of variables d log p_t(x_t)/dt = -div v(x_t, t), so for x_eps = x
 We integrate the augmented state (x, delta) with d delta/dt = div v from eps to T in one diffrax solve
 over the batch: one shared adaptive step sequence whose error norm is, by default, the worst example's
 RMS (``error_norm="per_example"``: every log p meets the tolerance) or the RMS over the whole batch
-(``"batch"``: score_sde's host loop, ~15% fewer evaluations, a looser per-example error).
+(``"batch"``: score_sde's host loop; 25% fewer evaluations on the 16-D oracle, about as many on the
+trained digits networks, and a looser per-example error).
 The trace is exact (D Jacobian-vector products against the basis) or Hutchinson's estimate
 tr A ~ mean_j u_j^T A u_j with probes fixed along the trajectory. The probes do not change the x
 trajectory, so the Hutchinson error is int (u^T J u - tr J) dt, of mean zero given the path: the
@@ -50,7 +51,7 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
     """
     if solver is None:
         # Dopri5, not Tsit5: at equal tolerances on the 16-D oracle it needs ~25% fewer evaluations
-        # (91 vs 121) for a per-example error still far inside tolerance (scripts/benchmark_likelihood.py).
+        # (93 vs 123) for a per-example error still far inside tolerance (scripts/benchmark_likelihood.py).
         return diffrax.Dopri5()
     if isinstance(solver, str):
         names = {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
