@@ -2,7 +2,8 @@
 
 Used wherever ``info["nfe"]`` must equal the real number of score evaluations of an adaptive solve
 (the probability-flow likelihood, the adaptive samplers). Usage: wrap a ``diffrax.PIDController``,
-pass an explicit ``dt0``, save ``SaveAt(controller_state=True)`` and read ``controller_state[1]``.
+pass ``dt0`` (or None: :func:`initial_step_size`, its two evaluations counted), save
+``SaveAt(controller_state=True)`` and read ``controller_state[1]``.
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ class CountingPIDController(diffrax.AbstractAdaptiveStepSizeController):
         return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        count = 0
         if dt0 is None:
-            raise ValueError("CountingPIDController needs an explicit dt0 (initial-step selection would evaluate uncounted)")
+            # Our own Hairer-Wanner rule, not diffrax's: diffrax's sees the terms already wrapped and
+            # falls back to a fixed 0.01, which near a singular start is rejected several times.
+            field = lambda t, y: func(terms, t, y, args)
+            dt0 = initial_step_size(field, t0, y0, self.pid.rtol, self.pid.atol, self.pid.norm,
+                                    error_order - 1, t1 - t0)
+            count = 2
         tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+        return tnext, (state, jnp.full((), count, jnp.int32), jnp.zeros((), bool))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         state, count, accepted = controller_state
@@ -66,8 +73,9 @@ def initial_step_size(field, t0, y0, rtol: float, atol: float, norm, order: int,
         h = min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)), max_step),
     where ``order`` is the embedded (error-estimating) method's order (4 for Dopri5 and Tsit5). A step
     of this size makes the leading local error term about 1% of the tolerance, so the first attempt
-    is rarely rejected. Diffrax's own choice (dt0=None) is a fixed 0.01 once it wraps the terms.
-    ``y0`` and the field's value are pytrees of the same structure; returns a scalar.
+    is rarely rejected. :class:`CountingPIDController` uses it for dt0=None (diffrax's own choice is a
+    fixed 0.01 once it wraps the terms). ``y0`` and the field's value are pytrees of the same structure;
+    returns a scalar.
     """
     scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), y0)
     scaled = lambda tree: jax.tree.map(lambda a, b: a / b, tree, scale)
