@@ -29,6 +29,7 @@ import math
 from functools import partial
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,7 +123,7 @@ def probability_flow_field(sde: SDE, score_fn, vectors: jax.Array, exact: bool, 
         s, quad = _score_trace(score_fn, y, t, vectors, product)
         tr = quad if exact else quad / m
         f, g2 = sde.drift_coef(t), sde.diffusion_coef(t) ** 2
-        return f * y - 0.5 * g2 * s, math.prod(y.shape[1:]) * f - 0.5 * g2 * tr
+        return sde.reverse_drift(y, t, s), math.prod(y.shape[1:]) * f - 0.5 * g2 * tr
 
     return field
 
@@ -150,11 +151,14 @@ def _per_example_rms_max(state) -> jax.Array:
     return jnp.sqrt(jnp.max(sq) / (math.prod(y.shape[1:]) + 1))
 
 
-@partial(jax.jit, static_argnames=("sde", "score_fn", "trace", "probe", "n_probes", "rtol", "atol", "eps",
-                                   "solver", "product", "max_steps", "error_norm"))
-def _solve(x, key, offset, *, sde, score_fn, trace, probe, n_probes, rtol, atol, eps, solver, product,
+@eqx.filter_jit
+def _solve(x, key, offset, sde, score_fn, *, trace, probe, n_probes, rtol, atol, eps, solver, product,
            max_steps, error_norm):
-    """One batched solve of the augmented ODE; compiled once per (shapes, static options)."""
+    """One batched solve of the augmented ODE; compiled once per (shapes, SDE, score structure, options).
+
+    ``sde`` and ``score_fn`` are pytrees: a score function holding parameters as arrays (``ModelScore``,
+    ``MixtureScore``) is traced, so another parameter set of the same shapes reuses the compilation.
+    """
     if trace == "exact":
         vectors = _basis(x)
     else:
@@ -186,7 +190,7 @@ def _check_choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _solve_options(sde, score_fn, *, trace="hutchinson", probe="rademacher", n_probes=1, rtol=1e-5,
+def _solve_options(sde, *, trace="hutchinson", probe="rademacher", n_probes=1, rtol=1e-5,
                    atol=1e-5, eps=1e-5, solver=None, product="jvp", max_steps=4096, error_norm="per_example"):
     """Validated, hashable static options of :func:`_solve` (defaults as in :func:`log_likelihood`)."""
     _check_choice("trace", trace, TRACES)
@@ -201,7 +205,7 @@ def _solve_options(sde, score_fn, *, trace="hutchinson", probe="rademacher", n_p
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    return dict(sde=sde, score_fn=score_fn, trace=trace, probe=probe, n_probes=int(n_probes),
+    return dict(trace=trace, probe=probe, n_probes=int(n_probes),
                 rtol=float(rtol), atol=float(atol), eps=float(eps), solver=resolve_solver(solver),
                 product=product, max_steps=int(max_steps), error_norm=error_norm)
 
@@ -214,7 +218,8 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
 
     Args:
       sde: the forward SDE; score_fn: ``score_fn(x (B, *dims), t (B,)) -> (B, *dims)``, acting row-wise.
-        Both are static to the compiled solve: pass the same objects again to reuse it.
+        Pytree score functions (``ModelScore``, ``MixtureScore``) are traced: another parameter set of
+        the same shapes reuses the compiled solve.
       x: ``(B, *dims)`` points at time eps; key: PRNG key for Hutchinson probes (unused for "exact").
       trace: "exact" (D products per evaluation: low-dimensional data) or "hutchinson".
       probe, n_probes: Hutchinson probe law ("rademacher" | "gaussian") and probes averaged per
@@ -242,14 +247,14 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    options = _solve_options(sde, score_fn, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
+    options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
-    outs = [out for _, out in _chunked_solves(x, key, batch_size, options)]
+    outs = [out for _, out in _chunked_solves(sde, score_fn, x, key, batch_size, options)]
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
 
 
-def _chunked_solves(x, key, batch_size, options):
+def _chunked_solves(sde, score_fn, x, key, batch_size, options):
     """Yield ``(rows, (logp, info))`` per chunk of ``batch_size`` rows (all rows if None).
 
     The last chunk is padded by repeating its last row so every chunk has one shape (one compilation);
@@ -261,7 +266,7 @@ def _chunked_solves(x, key, batch_size, options):
         chunk = x[start:start + size]
         pad = size - chunk.shape[0]
         chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-        logp, info = _solve(chunk, key, start, **options)
+        logp, info = _solve(chunk, key, jnp.asarray(start, jnp.int32), sde, score_fn, **options)
         yield size - pad, jax.tree.map(lambda a: a[:size - pad], (logp, info))
 
 
@@ -345,14 +350,14 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     k = jnp.asarray(k)
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.
-    options = _solve_options(sde, score_fn, **options)
+    options = _solve_options(sde, **options)
     draws, nfes = [], []
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
         k_deq, k_probe = jax.random.split(jax.random.fold_in(key, j))
         x = dequantize(k_deq, k, levels, (lo, hi))
         row_bpd, row_nfe = [], []
-        for rows, (logp, info) in _chunked_solves(x, k_probe, batch_size, options):
+        for rows, (logp, info) in _chunked_solves(sde, score_fn, x, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))
             row_nfe.append(info["nfe"])
             bar.update(rows)

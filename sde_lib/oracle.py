@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from sde_lib.sdes import SDE, per_sample_keys
 
 
-class GaussianMixture:
+class GaussianMixture(eqx.Module):
     """Mixture of K isotropic Gaussians in D dimensions.
 
     Args:
@@ -28,8 +29,19 @@ class GaussianMixture:
       weights: ``(K,)`` non-negative mixture weights; normalised here.
 
     Inputs ``x`` may be ``(n, D)`` or image-shaped ``(n, *dims)`` with ``prod(dims) == D``; they are
-    flattened internally and scores come back in the input's shape.
+    flattened internally and scores come back in the input's shape. A mixture is an ``equinox.Module``
+    (its arrays are pytree leaves), so a compiled sampler takes another mixture of the same shapes
+    without recompiling.
     """
+
+    # Identity hash and equality, as for a closure: ``jax.jit(score_fn)`` needs a hashable callable, and
+    # array fields are not hashable. Jitted entry points flatten the module and trace its arrays instead.
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    means: jax.Array
+    stds: jax.Array
+    log_weights: jax.Array
 
     def __init__(self, means, stds, weights):
         means = jnp.asarray(means, jnp.float32)
@@ -103,14 +115,9 @@ class GaussianMixture:
         alpha, sigma = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
         return self._log_prob(x, alpha, sigma)
 
-    def score_fn(self, sde: SDE):
+    def score_fn(self, sde: SDE) -> "MixtureScore":
         """The exact score ``score_fn(x, t) = grad_x log p_t(x)`` with ``x`` ``(n, *dims)``, ``t`` ``(n,)``."""
-
-        def score_fn(x, t):
-            alpha, sigma = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
-            return self._score(x, alpha, sigma)
-
-        return score_fn
+        return MixtureScore(self, sde)
 
     def mean_and_cov(self) -> tuple[jax.Array, jax.Array]:
         """Mean ``(D,)`` and covariance ``(D, D)`` of p_0 (for moment-matching checks)."""
@@ -119,6 +126,23 @@ class GaussianMixture:
         centred = self.means - mean
         cov = jnp.einsum("k,ki,kj->ij", w, centred, centred) + jnp.sum(w * self.stds**2) * jnp.eye(self.dim)
         return mean, cov
+
+
+class MixtureScore(eqx.Module):
+    """``score_fn(x, t)``: the exact score of ``mixture`` under ``sde`` (a pytree: equal mixtures and SDEs
+    share one compiled sampler)."""
+
+    # Identity hash and equality, as for a closure: ``jax.jit(score_fn)`` needs a hashable callable, and
+    # array fields are not hashable. Jitted entry points flatten the module and trace its arrays instead.
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        alpha, sigma = self.sde.marginal_coeffs(jnp.asarray(t, x.dtype))
+        return self.mixture._score(x, alpha, sigma)
 
 
 def builtin_mixture(name: str) -> GaussianMixture:

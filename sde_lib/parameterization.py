@@ -27,8 +27,9 @@ Noise conditioning ``c_noise`` (a documented choice, as in score_sde's networks)
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -48,14 +49,6 @@ class Coefficients(NamedTuple):
     score: tuple[jax.Array, jax.Array]
     eps: tuple[jax.Array, jax.Array]
     x0: tuple[jax.Array, jax.Array]
-
-
-class Predictions(NamedTuple):
-    """Score, noise and data predictions from one network evaluation, each of shape ``x.shape``."""
-
-    score: jax.Array
-    eps: jax.Array
-    x0: jax.Array
 
 
 def check_parameterization(parameterization: str) -> str:
@@ -121,33 +114,42 @@ def _apply(pair, out, x):
     return batch_broadcast(pair[0], x) * out + batch_broadcast(pair[1], x) * x
 
 
-def predictions_fn_from_model(
-    sde: SDE, model_fn: ModelFn, parameterization: str = "score", sigma_data: float = 0.5
-) -> Callable[[jax.Array, jax.Array], Predictions]:
-    """``fn(x, t) -> Predictions(score, eps, x0)`` from one call of ``model_fn`` (exponential integrators)."""
-    check_parameterization(parameterization)
+class ModelScore(eqx.Module):
+    """The contract ``score_fn(x, t)`` (or ``score_fn(x, t, cond)``) of a raw network ``model``.
 
-    def fn(x, t):
+    ``model(x_in, c_noise[, cond]) -> F`` may be a pytree callable holding parameters (e.g.
+    ``sde_lib.training.Network``): then a ``ModelScore`` is a pytree whose parameters are traced by a
+    jitted sampler or likelihood and whose structure (network, SDE, parameterisation) is compared by
+    value, so a new parameter set, even one loaded afresh with its SDE, reuses the compilation.
+    ``x`` ``(B, *dims)``, ``t`` ``(B,)``.
+    """
+
+    # Identity hash and equality, as for a closure: ``jax.jit(score_fn)`` needs a hashable callable, and
+    # array fields are not hashable. Jitted entry points flatten the module and trace its arrays instead.
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    model: Any
+    sde: SDE
+    parameterization: str = eqx.field(static=True, default="score")
+    sigma_data: float = eqx.field(static=True, default=0.5)
+
+    def __check_init__(self):
+        check_parameterization(self.parameterization)
+
+    def __call__(self, x: jax.Array, t: jax.Array, cond=None) -> jax.Array:
         t = jnp.broadcast_to(t, x.shape[:1])
-        c = coefficients(sde, t, parameterization, sigma_data)
-        out = model_fn(batch_broadcast(c.c_in, x) * x, c.c_noise)
-        return Predictions(_apply(c.score, out, x), _apply(c.eps, out, x), _apply(c.x0, out, x))
-
-    return fn
+        c = coefficients(self.sde, t, self.parameterization, self.sigma_data)
+        x_in = batch_broadcast(c.c_in, x) * x
+        out = self.model(x_in, c.c_noise) if cond is None else self.model(x_in, c.c_noise, cond)
+        return _apply(c.score, out, x)
 
 
 def score_fn_from_model(
     sde: SDE, model_fn: ModelFn, parameterization: str = "score", sigma_data: float = 0.5
-) -> ScoreFn:
-    """The contract ``score_fn(x, t)`` (``x`` ``(B, *dims)``, ``t`` ``(B,)``) of a raw network ``model_fn``."""
-    check_parameterization(parameterization)
-
-    def score_fn(x, t):
-        t = jnp.broadcast_to(t, x.shape[:1])
-        c = coefficients(sde, t, parameterization, sigma_data)
-        return _apply(c.score, model_fn(batch_broadcast(c.c_in, x) * x, c.c_noise), x)
-
-    return score_fn
+) -> ModelScore:
+    """:class:`ModelScore` of ``model_fn``: ``score_fn(x, t[, cond])``."""
+    return ModelScore(model_fn, sde, parameterization, float(sigma_data))
 
 
 def model_fn_from_score(
@@ -197,13 +199,13 @@ def target_from_coefficients(alpha, sigma, x0, noise, parameterization: str, sig
     return (e * x0 - sigma_data**2 * noise) / (sigma_data * jnp.sqrt(e**2 + sigma_data**2))
 
 
-def eps_from_score(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
-    """eps = -sigma_t score, shape ``x.shape``."""
-    _, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x.shape[:1]))
-    return -batch_broadcast(sigma, x) * score
+def eps_and_x0(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Noise and data predictions of a score: eps = -sigma_t s and the Tweedie estimate
+    x0 = E[x_0 | x_t = x] = (x + sigma_t^2 s) / alpha_t. ``t`` scalar or ``(B,)``; shapes of ``x``."""
+    alpha, sigma = (batch_broadcast(c, x) for c in sde.marginal_coeffs(t))
+    return -sigma * score, (x + sigma**2 * score) / alpha
 
 
-def x0_from_score(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
-    """x0 = (x + sigma_t^2 score) / alpha_t (Tweedie), shape ``x.shape``."""
-    alpha, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x.shape[:1]))
-    return (x + batch_broadcast(sigma**2, x) * score) / batch_broadcast(alpha, x)
+def tweedie_x0(sde: SDE, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
+    """The Tweedie denoising step x0 = (x + sigma_t^2 s) / alpha_t (see :func:`eps_and_x0`)."""
+    return eps_and_x0(sde, x, t, score)[1]

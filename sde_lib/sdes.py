@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -40,19 +41,23 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -
     return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
 
 
-class SDE(abc.ABC):
+class SDE(eqx.Module):
     """A linear SDE dx = f(t) x dt + g(t) dW with marginal x_t = alpha_t x_0 + sigma_t z.
 
     Subclasses define the scalar functions ``drift_coef`` f(t), ``diffusion_coef`` g(t),
     ``marginal_coeffs`` (alpha_t, sigma_t), the EDM noise level ``sigma`` and its inverse, and the prior.
+
+    SDEs are immutable ``equinox.Module`` s whose parameters are static fields: two SDEs with equal
+    parameters are equal and hash alike, so a jitted sampler or likelihood compiled for one is reused
+    for the other (e.g. the SDE rebuilt from each checkpoint's config).
     """
 
-    T: float = 1.0
+    N: int = eqx.field(static=True)
+    T: float = eqx.field(static=True, default=1.0, kw_only=True)
 
-    def __init__(self, N: int = 1000):
-        if int(N) < 1:
-            raise ValueError(f"N (number of discretisation steps) must be >= 1, got {N}")
-        self.N = int(N)
+    def __check_init__(self):
+        if int(self.N) < 1:
+            raise ValueError(f"N (number of discretisation steps) must be >= 1, got {self.N}")
 
     # ----------------------------------------------------------------- scalar coefficient functions
     @abc.abstractmethod
@@ -93,6 +98,17 @@ class SDE(abc.ABC):
     def t_from_half_log_snr(self, lam: jax.Array) -> jax.Array:
         """Inverse of :meth:`half_log_snr`."""
         return self.t_from_sigma(jnp.exp(-lam))
+
+    def reverse_drift(self, x: jax.Array, t: jax.Array, score: jax.Array, probability_flow: bool = True) -> jax.Array:
+        """f(t) x - c g(t)^2 score with c = 1/2 (probability-flow ODE) or 1 (reverse SDE).
+
+        ``t`` is a scalar or ``(B,)``; ``x`` and ``score`` are ``(B, *dims)``. The one home of the
+        reverse-time drift: samplers, the likelihood's augmented field and ``ReverseSDE`` call it.
+        """
+        c = 0.5 if probability_flow else 1.0
+        f = batch_broadcast(self.drift_coef(t), x)
+        g2 = batch_broadcast(self.diffusion_coef(t) ** 2, x)
+        return f * x - c * g2 * score
 
     # ----------------------------------------------------------------------- score_sde's interface
     def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -144,22 +160,20 @@ class ReverseSDE:
         self.T = forward.T
         self.N = forward.N
 
-    def _combine(self, x, t, f, g):
-        c = 0.5 if self.probability_flow else 1.0
-        drift = f - c * batch_broadcast(g**2, x) * self.score_fn(x, t)
-        return drift, (jnp.zeros_like(g) if self.probability_flow else g)
-
     def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Reverse drift f - g^2 score (x 1/2 for the ODE), shape ``x.shape``; diffusion ``(B,)`` (0 for the ODE)."""
         t = jnp.broadcast_to(t, x.shape[:1])
-        f, g = self.forward.sde(x, t)
-        return self._combine(x, t, f, g)
+        drift = self.forward.reverse_drift(x, t, self.score_fn(x, t), self.probability_flow)
+        g = self.forward.diffusion_coef(t)
+        return drift, (jnp.zeros_like(g) if self.probability_flow else g)
 
     def discretize(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The reverse of :meth:`SDE.discretize`: f - G^2 score (x 1/2 for the ODE) and G (0 for the ODE)."""
         t = jnp.broadcast_to(t, x.shape[:1])
         f, g = self.forward.discretize(x, t)
-        return self._combine(x, t, f, g)
+        c = 0.5 if self.probability_flow else 1.0
+        drift = f - c * batch_broadcast(g**2, x) * self.score_fn(x, t)
+        return drift, (jnp.zeros_like(g) if self.probability_flow else g)
 
 
 class VPSDE(SDE):
@@ -169,11 +183,13 @@ class VPSDE(SDE):
     ``discretize`` is the DDPM Markov chain with betas linspace(beta_min/N, beta_max/N, N).
     """
 
+    beta_min: float = eqx.field(static=True)
+    beta_max: float = eqx.field(static=True)
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
-        super().__init__(N)
         if not 0 < beta_min < beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min, self.beta_max, self.N = float(beta_min), float(beta_max), int(N)
 
     @property
     def discrete_betas(self) -> jax.Array:
@@ -259,12 +275,17 @@ class VESDE(SDE):
     N(0, sigma_min^2)). ``discretize`` is the SMLD chain over N geometric noise levels.
     """
 
+    sigma_min: float = eqx.field(static=True)
+    sigma_max: float = eqx.field(static=True)
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
-        super().__init__(N)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.sigma_min, self.sigma_max, self.N = float(sigma_min), float(sigma_max), int(N)
+
+    @property
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
 
     @property
     def is_vp_type(self) -> bool:
@@ -299,3 +320,15 @@ class VESDE(SDE):
         sig = self.discrete_sigmas[i]
         prev = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
         return jnp.zeros_like(x), jnp.sqrt(sig**2 - prev**2)
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
+
+
+def sde_class(name: str) -> type[SDE]:
+    """The SDE class of ``name``: score_sde's config names (``vpsde``, ``subvpsde``, ``vesde``) or the short
+    command-line ones (``vp``, ``subvp``, ``ve``)."""
+    key = name if name in SDES else f"{name}sde"
+    if key not in SDES:
+        raise ValueError(f"unknown SDE {name!r}; choose from {', '.join(SDES)} (or vp, subvp, ve)")
+    return SDES[key]

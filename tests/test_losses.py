@@ -165,6 +165,13 @@ def test_likelihood_weight_integral_matches_quadrature(sdes):
             np.testing.assert_allclose(float(w[0]) * (1.0 - 1e-5), quad, rtol=1e-6)
 
 
+def _predictions(sde, model, p, x, t):
+    """(score, eps, x0) of one network output through the affine coefficients of ``p``."""
+    c = pz.coefficients(sde, t, p)
+    out = model(c.c_in[:, None] * x, c.c_noise)
+    return tuple(a[:, None] * out + b[:, None] * x for a, b in (c.score, c.eps, c.x0))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_parameterization_round_trips(name, sdes, gmm):
     sde = sdes[name]
@@ -177,8 +184,10 @@ def test_parameterization_round_trips(name, sdes, gmm):
         x = alpha * x0 + sigma * z
         s = score_fn(x, t)
         eps, x0_hat = -sigma * s, (x + sigma**2 * s) / alpha
-        np.testing.assert_allclose(pz.eps_from_score(sde, x, t, s), eps, rtol=1e-12)
-        np.testing.assert_allclose(pz.x0_from_score(sde, x, t, s), x0_hat, rtol=1e-10)
+        eps_t, x0_t = pz.eps_and_x0(sde, x, t, s)
+        np.testing.assert_allclose(eps_t, eps, rtol=1e-12)
+        np.testing.assert_allclose(x0_t, x0_hat, rtol=1e-10)
+        np.testing.assert_allclose(pz.tweedie_x0(sde, x, t, s), x0_hat, rtol=1e-10)
         edm_s = sigma / alpha
         sd2 = 0.25
         native = {
@@ -192,19 +201,19 @@ def test_parameterization_round_trips(name, sdes, gmm):
             model = pz.model_fn_from_score(sde, score_fn, p)
             c = pz.coefficients(sde, t, p)
             np.testing.assert_allclose(model(c.c_in[:, None] * x, c.c_noise), out, rtol=1e-7, atol=1e-9)
-            pred = pz.predictions_fn_from_model(sde, model, p)(x, t)
+            pred = _predictions(sde, model, p, x, t)
             # score = a F + b x cancels at small sigma for "x0" (b = -1/sigma^2): allow ulps of b x.
             tol = 1e-7 * np.abs(s) + 1e-14 * np.abs(x) / sigma**2
             assert np.all(np.abs(pz.score_fn_from_model(sde, model, p)(x, t) - s) <= tol), p
-            assert np.all(np.abs(pred.score - s) <= tol), p
-            np.testing.assert_allclose(pred.eps, eps, rtol=1e-7, atol=1e-9)
-            np.testing.assert_allclose(pred.x0, x0_hat, rtol=1e-7, atol=1e-9)
+            assert np.all(np.abs(pred[0] - s) <= tol), p
+            np.testing.assert_allclose(pred[1], eps, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(pred[2], x0_hat, rtol=1e-7, atol=1e-9)
             # The regression target is the output that predicts the true noise and data.
             target = pz.regression_target(sde, x0, z, t, p)
-            pred = pz.predictions_fn_from_model(sde, lambda x_in, c_noise: target, p)(x, t)
-            np.testing.assert_allclose(pred.eps, z, rtol=1e-7, atol=1e-9)
-            np.testing.assert_allclose(pred.x0, x0, rtol=1e-7, atol=1e-7)
-            np.testing.assert_allclose(pred.score, -z / sigma, rtol=1e-7)
+            pred = _predictions(sde, lambda x_in, c_noise: target, p, x, t)
+            np.testing.assert_allclose(pred[1], z, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(pred[2], x0, rtol=1e-7, atol=1e-7)
+            np.testing.assert_allclose(pred[0], -z / sigma, rtol=1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)

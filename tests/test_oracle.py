@@ -1,8 +1,7 @@
 """The Gaussian-mixture oracle: its score is the gradient of its log-density, the density is normalised,
 and it describes the law of the simulated forward SDE."""
 
-import functools
-
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,15 +14,15 @@ NAMES = ("vp", "subvp", "ve")
 TIMES = (0.0, 0.05, 0.4, 1.0)
 
 
-# Jitted with the mixture and SDE static: one compilation per (mixture, SDE, shape), t traced.
-@functools.partial(jax.jit, static_argnums=(0, 1))
+# Mixtures and SDEs are pytrees: one compilation per (mixture shapes, SDE, shape), arrays and t traced.
+@eqx.filter_jit
 def log_prob_t(gmm, sde, x, t):
-    return gmm.log_prob_t(sde, x, t)
+    return gmm.log_prob_t(sde, x, jnp.asarray(t))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+@eqx.filter_jit
 def sample_t(gmm, sde, key, n, t):
-    return gmm.sample_t(sde, key, n, t)
+    return gmm.sample_t(sde, key, n, jnp.asarray(t))
 
 
 @pytest.fixture(scope="module")
