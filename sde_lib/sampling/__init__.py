@@ -1,24 +1,36 @@
-"""Samplers: reverse-time SDE, probability-flow ODE, exponential integrators and EDM, all on diffrax."""
+"""Samplers: reverse-time SDE, probability-flow ODE, exponential integrators and EDM, all on diffrax.
 
-from sde_lib.sampling.api import (
+Each solver module registers its samplers (``registry.register``) on import; the import order below is
+the order of :func:`available_samplers`.
+"""
+
+from sde_lib.sampling import stochastic, probability_flow, exponential, edm  # noqa: F401  (registration)
+from sde_lib.sampling.api import default_eps, sample
+from sde_lib.sampling.grids import TIME_GRIDS, time_grid
+from sde_lib.sampling.registry import (
+    Option,
+    Sampler,
     available_samplers,
-    default_eps,
     min_nfe,
     nfe_per_step,
-    sample,
+    register,
     sampler_family,
     steps_for_nfe,
+    unregister,
 )
-from sde_lib.sampling.grids import TIME_GRIDS, time_grid
 
 __all__ = [
+    "Option",
+    "Sampler",
     "TIME_GRIDS",
     "available_samplers",
     "default_eps",
     "min_nfe",
     "nfe_per_step",
+    "register",
     "sample",
     "sampler_family",
     "steps_for_nfe",
     "time_grid",
+    "unregister",
 ]

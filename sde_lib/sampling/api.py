@@ -1,23 +1,25 @@
-"""``sample()``: every sampler behind one call, solved by ``diffrax.diffeqsolve`` from T down to eps.
+"""``sample()``: every registered sampler behind one call, solved by ``diffrax.diffeqsolve`` from T down to eps.
 
-Three ways of running a solve:
+Two ways of running a solve (``registry.Sampler`` says which):
 
 * fixed steps on the whole batch (state ``(B, *dims)``, one score call per stage for all rows, a
-  ``StepTo`` grid): diffrax's own ``Euler``/``Heun``/``Midpoint``/``Tsit5`` on the probability-flow ODE,
-  ``Euler`` on the reverse SDE with a per-sample Brownian path, and our solvers (``stochastic.py``,
-  ``exponential.py``, ``edm.py``) for the samplers diffrax does not have;
-* adaptive steps per sample (``jax.vmap`` over rows, so a row's steps never depend on its batch-mates):
-  ``Tsit5``/``Dopri5`` with a ``PIDController`` on the ODE, ``ShARK``/``SRA1`` with a
-  ``VirtualBrownianTree`` on the reverse SDE. The network still sees the batch: vmap batches its calls.
+  ``StepTo`` grid): diffrax's own solvers on the probability-flow ODE, ``Euler`` on the reverse SDE with
+  a per-sample Brownian path, and our solvers (``stochastic.py``, ``exponential.py``, ``edm.py``) on the
+  score itself;
+* adaptive steps per sample (``jax.vmap`` over rows, so a row's steps never depend on its batch-mates;
+  the network still sees the batch, since vmap batches its calls).
 
 ``info["nfe"]`` counts score evaluations per sample path: fixed-step samplers know it in closed form,
-adaptive ones read diffrax's step statistics. An optional Tweedie denoising step adds one.
+adaptive ones count attempted steps (``step_control.CountingPIDController``). An optional Tweedie
+denoising step adds one.
+
+Conditioning: with ``cond`` (a pytree whose leaves have leading dimension B) the score is called as
+``score_fn(x, t, cond)`` with the rows of ``cond`` that belong to the rows of ``x``; samplers never look
+inside a condition.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Callable
 
 import diffrax
@@ -26,65 +28,13 @@ import jax
 import jax.numpy as jnp
 import lineax
 
-from sde_lib.sampling.edm import EDMHeun
-from sde_lib.sampling.exponential import DPMSolver, DPMSolverPPMultistep, UniPC
-from sde_lib.sampling.grids import TIME_GRIDS, time_grid
+from sde_lib.parameterization import tweedie_x0
+from sde_lib.sampling import registry
+from sde_lib.sampling.grids import check_time_grid, resolve_time_grid
 from sde_lib.sampling.noise import PerSampleBrownianPath
-from sde_lib.sampling.stochastic import DDIM, PredictorCorrector, ReverseDiffusion
-from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
-from sde_lib.step_control import CountingPIDController
+from sde_lib.sdes import SDE, per_sample_keys
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """How a sampler runs: ``kind`` picks the runner, ``options`` are its extra keyword arguments."""
-
-    kind: str  # "ode" | "sde" | "custom" | "ode_adaptive" | "sde_adaptive"
-    grid: str | None  # default time grid (None for adaptive samplers)
-    family: str  # "sde", "ode", "exponential" or "edm": for listings and ablations
-    options: tuple[tuple[str, Any], ...] = ()
-
-
-_SPECS: dict[str, _Spec] = {
-    "euler_maruyama": _Spec("sde", "uniform", "sde"),
-    "reverse_diffusion": _Spec("custom", "uniform", "sde"),
-    "ancestral": _Spec("custom", "uniform", "sde"),
-    "pc": _Spec("custom", "uniform", "sde", (("predictor", "reverse_diffusion"), ("snr", 0.16), ("n_steps", 1))),
-    "sde_adaptive": _Spec("sde_adaptive", None, "sde", (("solver", "shark"), ("bm_tol", None))),
-    "ode_euler": _Spec("ode", "uniform", "ode"),
-    "ode_heun": _Spec("ode", "uniform", "ode"),
-    "ode_midpoint": _Spec("ode", "uniform", "ode"),
-    "ode_tsit5": _Spec("ode", "uniform", "ode"),
-    "ode_adaptive": _Spec("ode_adaptive", None, "ode", (("solver", "dopri5"),)),
-    "ddim": _Spec("custom", "logsnr", "exponential", (("eta", 0.0),)),
-    "dpm_solver_2": _Spec("custom", "logsnr", "exponential"),
-    "dpm_solver_3": _Spec("custom", "logsnr", "exponential"),
-    "dpm_solver_pp_2m": _Spec("custom", "logsnr", "exponential", (("lower_order_final", True),)),
-    "dpm_solver_pp_3m": _Spec("custom", "logsnr", "exponential", (("lower_order_final", True),)),
-    "unipc": _Spec("custom", "logsnr", "exponential", (("order", 3), ("lower_order_final", True))),
-    "edm_heun": _Spec(
-        "custom", "edm", "edm", (("S_churn", 0.0), ("S_tmin", 0.0), ("S_tmax", float("inf")), ("S_noise", 1.0))
-    ),
-}
-_ODE_SOLVERS = {"ode_euler": diffrax.Euler, "ode_heun": diffrax.Heun, "ode_midpoint": diffrax.Midpoint,
-                "ode_tsit5": diffrax.Tsit5}
-_ADAPTIVE_ODE = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
-_ADAPTIVE_SDE = {"shark": diffrax.ShARK, "sra1": diffrax.SRA1}
-# Score evaluations per fixed step: (per step, once at the start). Tsit5 is first-same-as-last.
-_ODE_NFE = {"ode_euler": (1, 0), "ode_heun": (2, 0), "ode_midpoint": (2, 0), "ode_tsit5": (6, 1)}
-_COMMON = {"time_grid", "rho", "rtol", "atol", "max_steps", "save_trajectory", "progress", "dt0"}
-
-
-def available_samplers() -> list[str]:
-    """Names accepted by :func:`sample`."""
-    return list(_SPECS)
-
-
-def sampler_family(name: str) -> str:
-    """``"sde"``, ``"ode"``, ``"exponential"`` or ``"edm"``; deterministic unless ``"sde"``."""
-    return _spec(name).family
+ScoreFn = Callable[..., jax.Array]
 
 
 def default_eps(sde: SDE) -> float:
@@ -92,32 +42,23 @@ def default_eps(sde: SDE) -> float:
     return 1e-3 if sde.is_vp_type else 1e-5
 
 
-def _spec(name: str) -> _Spec:
-    if name not in _SPECS:
-        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(_SPECS)}")
-    return _SPECS[name]
+def bind_score(score_fn: ScoreFn, cond=None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``score(x, t)`` with ``t`` a scalar or ``(B,)``: ``score_fn`` called with ``cond`` when one is given.
+
+    Used inside the jitted solve (a closure there costs nothing; ``score_fn``'s arrays are already traced).
+    """
+
+    def score(x, t):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        return score_fn(x, t) if cond is None else score_fn(x, t, cond)
+
+    return score
 
 
-def nfe_per_step(name: str, **options) -> int:
-    """Score evaluations per step of a fixed-step sampler (excluding a start-up evaluation and denoising)."""
-    kind = _spec(name).kind
-    if kind == "ode":
-        return _ODE_NFE[name][0]
-    if kind != "custom" and kind != "sde":
-        raise ValueError(f"sampler {name!r} is adaptive: its NFE per step varies")
-    return {"pc": 1 + int(options.get("n_steps", 1)), "dpm_solver_2": 2, "dpm_solver_3": 3, "edm_heun": 2}.get(name, 1)
-
-
-def min_nfe(name: str, **options) -> int:
-    """Score evaluations of one step of a fixed-step sampler, start-up evaluation included."""
-    return _ODE_NFE.get(name, (0, 0))[1] + nfe_per_step(name, **options)
-
-
-def steps_for_nfe(name: str, nfe: int, **options) -> int:
-    """The largest number of steps whose total NFE (start-up included, no denoising) is <= ``nfe``."""
-    if int(nfe) < min_nfe(name, **options):
-        raise ValueError(f"an NFE budget of {nfe} is below the {min_nfe(name, **options)} of one {name!r} step")
-    return (int(nfe) - _ODE_NFE.get(name, (0, 0))[1]) // nfe_per_step(name, **options)
+def _check_cond(cond, batch: int):
+    for leaf in jax.tree.leaves(cond):
+        if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != batch:
+            raise ValueError(f"cond: every leaf needs leading dimension B={batch}, got shape {jnp.shape(leaf)}")
 
 
 def sample(
@@ -130,15 +71,17 @@ def sample(
     x_init: jax.Array | None = None,
     eps: float | None = None,
     denoise: bool = False,
+    cond: Any = None,
     **options,
 ) -> tuple[jax.Array, dict]:
     """Draw samples by integrating the reverse-time SDE or probability-flow ODE from T to ``eps``.
 
     Args:
       sde: the forward SDE.
-      score_fn: ``score_fn(x (B, *dims), t (B,)) -> (B, *dims)``; may be a pytree callable (e.g. an
-        ``equinox.Module`` or ``jax.tree_util.Partial`` holding parameters): its arrays are traced, not
-        baked into the compiled sampler.
+      score_fn: ``score_fn(x (B, *dims), t (B,)) -> (B, *dims)``, or ``score_fn(x, t, cond)`` when
+        ``cond`` is given; may be a pytree callable (an ``equinox.Module`` or ``jax.tree_util.Partial``
+        holding parameters): its arrays are traced, not baked into the compiled sampler, so another
+        parameter set of the same shapes reuses the compilation.
       key: PRNG key; sample i depends only on (key, i).
       shape: ``(B, *dims)``.
       sampler: one of :func:`available_samplers`.
@@ -146,193 +89,91 @@ def sample(
       x_init: optional start at t = T of shape ``shape`` instead of a prior draw.
       eps: end time; None = 1e-3 for VP/sub-VP, 1e-5 for VE.
       denoise: finish with the Tweedie step x0 = (x + sigma_eps^2 s) / alpha_eps (one more evaluation).
-      **options: ``time_grid`` (uniform | quadratic | logsnr | edm), ``rho`` (edm grid, 7), ``rtol`` /
-        ``atol`` (adaptive samplers, 1e-5 / 1e-5), ``max_steps`` (adaptive, 4096), ``dt0`` (adaptive first step),
-        ``save_trajectory`` (True for every step, or a ``diffrax.SaveAt``), ``progress`` (tqdm bar), and the
-        sampler's own: pc ``predictor``/``snr``/``n_steps``; ddim ``eta``; dpm_solver_pp_* and unipc
-        ``lower_order_final``, unipc ``order``; edm_heun ``S_churn``/``S_tmin``/``S_tmax``/``S_noise``;
-        ode_adaptive ``solver`` (tsit5 | dopri5); sde_adaptive ``solver`` (shark | sra1), ``bm_tol``.
+      cond: optional condition, a pytree whose leaves have leading dimension B (see the module docstring).
+      **options: the sampler's options (``registry.get(sampler).all_options``): fixed-step samplers take
+        ``time_grid`` (uniform | quadratic | logsnr | edm), ``rho``, ``save_trajectory`` (True or a
+        ``diffrax.SaveAt``), ``progress``; adaptive ones ``rtol``, ``atol``, ``max_steps``, ``dt0``,
+        ``save_trajectory``; plus each sampler's own (e.g. ddim ``eta``, pc ``snr``/``n_steps``).
 
     Returns:
       ``(x, info)``: samples of ``shape`` at t = eps (or denoised); ``info["nfe"]`` (int, or ``(B,)``
-      array for adaptive samplers), ``info["ts"]`` (the time grid, fixed-step samplers), and
-      ``info["trajectory"] = (ts, ys)`` when asked.
+      array for adaptive samplers: score evaluations, i.e. network calls, per sample path),
+      ``info["ts"]`` (the time grid, fixed-step samplers), and ``info["trajectory"] = (ts, ys)`` when asked.
     """
-    spec = _spec(sampler)
+    spec = registry.get(sampler)
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
     if x_init is not None and tuple(x_init.shape) != shape:
         raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-    if spec.grid is not None and int(steps) < 1:
+    if not spec.is_adaptive and int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     eps = default_eps(sde) if eps is None else float(eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-    opts = _parse_options(sampler, spec, options)
-    x, nfe, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise), opts)
+    if cond is not None:
+        _check_cond(cond, shape[0])
+    opts = spec.parse_options(options)
+    if not spec.is_adaptive:
+        check_time_grid(sde, opts["time_grid"], int(steps), eps)
+    x, nfe, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
+                                   opts, cond)
     info = {"nfe": nfe, "ts": ts}
     if traj is not None:
         info["trajectory"] = traj
     return x, info
 
 
-def _parse_options(name: str, spec: _Spec, options: dict) -> tuple:
-    allowed = dict(spec.options)
-    unknown = set(options) - _COMMON - set(allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for sampler {name!r}; it takes {sorted(_COMMON | set(allowed))}"
-        )
-    merged = {"time_grid": spec.grid, "rho": 7.0, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096,
-              "save_trajectory": False, "progress": False, "dt0": None, **allowed, **options}
-    if spec.grid is not None and merged["time_grid"] not in TIME_GRIDS:
-        raise ValueError(f"time_grid must be one of {TIME_GRIDS}, got {merged['time_grid']!r}")
-    checks = {
-        "predictor": lambda v: v in ("reverse_diffusion", "euler_maruyama"),
-        "snr": lambda v: v > 0,
-        "n_steps": lambda v: int(v) == v and v >= 0,
-        "eta": lambda v: 0.0 <= v <= 1.0,
-        "order": lambda v: v in (1, 2, 3),
-        "rtol": lambda v: v > 0,
-        "atol": lambda v: v > 0,
-        "max_steps": lambda v: int(v) == v and v >= 1,
-        "S_churn": lambda v: v >= 0,
-        "S_noise": lambda v: v >= 0,
-        "solver": lambda v: v in (_ADAPTIVE_ODE if spec.kind == "ode_adaptive" else _ADAPTIVE_SDE),
-    }
-    for k, ok in checks.items():
-        if k in merged and k in (set(allowed) | _COMMON) and not ok(merged[k]):
-            raise ValueError(f"invalid value {merged[k]!r} for option {k!r} of sampler {name!r}")
-    return tuple(sorted((k, v) for k, v in merged.items() if k != "save_trajectory")) + (
-        ("save_trajectory", merged["save_trajectory"]),
-    )
-
-
 @eqx.filter_jit
-def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, opts):
-    o = dict(opts)
+def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, o, cond):
+    spec = registry.get(name)
     k_prior, k_noise = jax.random.split(key)
     x = sde.prior_sampling(k_prior, shape) if x_init is None else jnp.asarray(x_init)
     row_keys = per_sample_keys(k_noise, shape[0])
-    spec = _SPECS[name]
-    if spec.kind in ("ode_adaptive", "sde_adaptive"):
-        x, nfe, traj = _run_adaptive(sde, score_fn, x, row_keys, name, eps, o)
+    if spec.is_adaptive:
+        x, nfe, traj = spec.adaptive(sde, score_fn, x, row_keys, cond, eps, o)
         ts = None
     else:
-        ts = time_grid(sde, o["time_grid"], steps, eps, o["rho"])
-        x, nfe, traj = _run_fixed(sde, score_fn, x, row_keys, name, steps, ts, o)
+        ts = resolve_time_grid(sde, o["time_grid"], steps, eps, o["rho"])
+        x, nfe, traj = _run_fixed(spec, sde, bind_score(score_fn, cond), x, row_keys, steps, ts, o)
     if denoise:
         t = jnp.full(shape[:1], eps, x.dtype)
-        alpha, sigma = sde.marginal_coeffs(t)
-        x = (x + batch_broadcast(sigma**2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
+        x = tweedie_x0(sde, x, t, bind_score(score_fn, cond)(x, t))
         nfe = nfe + 1
     return x, nfe, ts, traj
 
 
-def _saveat(save_trajectory) -> diffrax.SaveAt:
+def saveat(save_trajectory) -> diffrax.SaveAt:
+    """The ``diffrax.SaveAt`` of the ``save_trajectory`` option (the end point only when False)."""
     if isinstance(save_trajectory, diffrax.SaveAt):
         return save_trajectory
     return diffrax.SaveAt(t0=True, steps=True) if save_trajectory else diffrax.SaveAt(t1=True)
 
 
-def _progress(o):
-    return diffrax.TqdmProgressMeter() if o["progress"] else diffrax.NoProgressMeter()
-
-
-def _batch_score(score_fn, t, y):
-    return score_fn(y, jnp.full(y.shape[:1], t, y.dtype))
-
-
-def _run_fixed(sde, score_fn, x, row_keys, name, steps, ts, o):
+def _run_fixed(spec: registry.Sampler, sde, score, x, row_keys, steps, ts, o):
     """Fixed steps on the whole batch through a ``StepTo`` grid."""
-    spec = _SPECS[name]
-    if spec.kind == "ode":
-        rsde = sde.reverse(score_fn, probability_flow=True)
-        terms = diffrax.ODETerm(lambda t, y, args: rsde.sde(y, jnp.full(y.shape[:1], t, y.dtype))[0])
-        solver = _ODE_SOLVERS[name]()
-        per_step, start = _ODE_NFE[name]
-    elif spec.kind == "sde":
-        rsde = sde.reverse(score_fn)
-        drift = diffrax.ODETerm(lambda t, y, args: rsde.sde(y, jnp.full(y.shape[:1], t, y.dtype))[0])
+    if spec.terms == "probability_flow":
+        terms = diffrax.ODETerm(lambda t, y, args: sde.reverse_drift(y, t, score(y, t)))
+    elif spec.terms == "reverse_sde":
+        drift = diffrax.ODETerm(lambda t, y, args: sde.reverse_drift(y, t, score(y, t), probability_flow=False))
         noise = diffrax.ControlTerm(
             lambda t, y, args: lineax.DiagonalLinearOperator(jnp.full(y.shape, sde.diffusion_coef(t), y.dtype)),
             PerSampleBrownianPath(shape=x.shape, row_keys=row_keys),
         )
         terms = diffrax.MultiTerm(drift, noise)
-        solver, per_step, start = diffrax.Euler(), 1, 0
     else:
-        terms = diffrax.ODETerm(lambda t, y, args: _batch_score(score_fn, t, y))
-        solver = _custom_solver(sde, name, steps, o)
-        per_step, start = nfe_per_step(name, **o), 0
+        terms = diffrax.ODETerm(lambda t, y, args: score(y, t))
     sol = diffrax.diffeqsolve(
-        terms, solver, t0=sde.T, t1=ts[-1], dt0=None, y0=x, args=row_keys,
-        stepsize_controller=diffrax.StepTo(ts), saveat=_saveat(o["save_trajectory"]), max_steps=steps,
-        progress_meter=_progress(o),
+        terms, spec.solver(sde, steps, o), t0=sde.T, t1=ts[-1], dt0=None, y0=x, args=row_keys,
+        stepsize_controller=diffrax.StepTo(ts), saveat=saveat(o["save_trajectory"]), max_steps=steps,
+        progress_meter=diffrax.TqdmProgressMeter() if o["progress"] else diffrax.NoProgressMeter(),
     )
     traj = (sol.ts, sol.ys) if o["save_trajectory"] else None
-    return sol.ys[-1], start + per_step * steps, traj
+    return sol.ys[-1], spec.startup_nfe + spec.step_nfe(o) * steps, traj
 
 
-def _custom_solver(sde, name, steps, o):
-    if name == "reverse_diffusion":
-        return ReverseDiffusion(sde)
-    if name == "ancestral":
-        return DDIM(sde, eta=1.0)
-    if name == "ddim":
-        return DDIM(sde, eta=float(o["eta"]))
-    if name == "pc":
-        return PredictorCorrector(sde, predictor=o["predictor"], snr=float(o["snr"]), n_steps=int(o["n_steps"]))
-    if name in ("dpm_solver_2", "dpm_solver_3"):
-        return DPMSolver(sde, solver_order=int(name[-1]))
-    if name in ("dpm_solver_pp_2m", "dpm_solver_pp_3m"):
-        return DPMSolverPPMultistep(sde, solver_order=int(name[-2]), n_steps=steps,
-                                    lower_order_final=bool(o["lower_order_final"]))
-    if name == "unipc":
-        return UniPC(sde, solver_order=int(o["order"]), n_steps=steps, lower_order_final=bool(o["lower_order_final"]))
-    return EDMHeun(sde, n_steps=steps, s_churn=float(o["S_churn"]), s_tmin=float(o["S_tmin"]),
-                   s_tmax=float(o["S_tmax"]), s_noise=float(o["S_noise"]))
-
-
-def _run_adaptive(sde, score_fn, x, row_keys, name, eps, o):
-    """Error-controlled steps, each sample its own solve (vmapped)."""
-    pid = diffrax.PIDController(rtol=o["rtol"], atol=o["atol"])
-    saveat = eqx.tree_at(lambda s: s.controller_state, _saveat(o["save_trajectory"]), True)
-    c = 0.5 if name == "ode_adaptive" else 1.0
-    span = sde.T - eps
-    # An explicit first step: diffrax's automatic choice would spend evaluations nobody counts.
-    dt0 = span / 100 if o["dt0"] is None else abs(float(o["dt0"]))
-
-    def one(y0, key):
-        def drift(t, y):
-            score = score_fn(y[None], jnp.full((1,), t, y.dtype))[0]
-            return sde.drift_coef(t) * y - c * sde.diffusion_coef(t) ** 2 * score
-
-        if name == "ode_adaptive":
-            solver = _ADAPTIVE_ODE[o["solver"]]()
-            controller = CountingPIDController(pid, len(solver.tableau.c) + 1, bool(solver.tableau.fsal))
-            sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(lambda t, y, args: drift(t, y)), solver, t0=sde.T, t1=eps, dt0=-dt0, y0=y0,
-                stepsize_controller=controller, saveat=saveat, max_steps=int(o["max_steps"]),
-            )
-            return sol.ys[-1], sol.controller_state[1], (sol.ts, sol.ys)
-        # diffrax 0.7's stochastic Runge-Kutta solvers diverge when run backwards in time (t0 > t1), so
-        # the reverse SDE is written forward in s = T - t:  dx = -drift(T - s, x) ds + g(T - s) dB_s.
-        tol = o["bm_tol"] if o["bm_tol"] is not None else span / 2**14
-        bm = diffrax.VirtualBrownianTree(0.0, span, tol=tol, shape=y0.shape, key=key,
-                                         levy_area=diffrax.SpaceTimeLevyArea)
-        noise = diffrax.ControlTerm(
-            lambda s, y, args: lineax.DiagonalLinearOperator(jnp.full(y.shape, sde.diffusion_coef(sde.T - s), y.dtype)),
-            bm,
-        )
-        terms = diffrax.MultiTerm(diffrax.ODETerm(lambda s, y, args: -drift(sde.T - s, y)), noise)
-        # ShARK and SRA1 evaluate the drift twice per attempted step and carry nothing over.
-        controller = CountingPIDController(pid, 2, False)
-        sol = diffrax.diffeqsolve(
-            terms, _ADAPTIVE_SDE[o["solver"]](), t0=0.0, t1=span, dt0=dt0, y0=y0, stepsize_controller=controller,
-            saveat=saveat, max_steps=int(o["max_steps"]),
-        )
-        return sol.ys[-1], sol.controller_state[1], (sde.T - sol.ts, sol.ys)
-
-    ys, nfe, traj = jax.vmap(one)(x, row_keys)
-    return ys, nfe, (traj if o["save_trajectory"] else None)
+def per_row(fn, x, row_keys, cond):
+    """``jax.vmap`` of ``fn(y0, key, cond_row)`` over rows; ``cond_row`` keeps a leading dimension of 1."""
+    if cond is None:
+        return jax.vmap(lambda y0, k: fn(y0, k, None))(x, row_keys)
+    return jax.vmap(lambda y0, k, c: fn(y0, k, jax.tree.map(lambda a: a[None], c)))(x, row_keys, cond)

@@ -18,6 +18,7 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from sde_lib.parameterization import eps_and_x0
 from sde_lib.sdes import SDE
 
 
@@ -29,7 +30,7 @@ class ScoreSolver(diffrax.AbstractSolver):
     estimate), linear dense output between steps.
     """
 
-    sde: SDE = eqx.field(static=True)
+    sde: SDE
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
@@ -55,10 +56,8 @@ class ScoreSolver(diffrax.AbstractSolver):
         return terms.vf(t * terms.direction, y, args)
 
     def predictions(self, terms, t, y, args):
-        """(eps_hat, x0_hat) from one score evaluation: eps = -sigma_t s, x0 = (y + sigma_t^2 s) / alpha_t."""
-        alpha, sigma = self.sde.marginal_coeffs(t)
-        sc = self.score(terms, t, y, args)
-        return -sigma * sc, (y + sigma**2 * sc) / alpha
+        """(eps_hat, x0_hat) from one score evaluation (``parameterization.eps_and_x0``)."""
+        return eps_and_x0(self.sde, y, t, self.score(terms, t, y, args))
 
     @abc.abstractmethod
     def step_real(self, terms, s0, t0, t1, y0, args, state):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from sde_lib.sampling.base import ScoreSolver
 from sde_lib.sampling.noise import normal_like_rows, time_bits
+from sde_lib.sampling.registry import Option, Sampler, register
 
 
 class EDMHeun(ScoreSolver):
@@ -52,3 +53,12 @@ class EDMHeun(ScoreSolver):
         y_euler = y + (sig1 - sig_hat) * d
         d1 = self._slope(terms, y_euler, sig1, args)
         return alpha1 * (y + (sig1 - sig_hat) * 0.5 * (d + d1)), state
+
+
+register(Sampler(
+    "edm_heun", family="edm", grid="edm", nfe_per_step=2,
+    doc="churn `S_churn`, `S_tmin`, `S_tmax`, `S_noise`; any SDE via sigma(t)",
+    options=(Option("S_churn", 0.0, ">= 0", lambda v: v >= 0), Option("S_tmin", 0.0, "churn from this sigma"),
+             Option("S_tmax", float("inf"), "churn up to this sigma"), Option("S_noise", 1.0, ">= 0", lambda v: v >= 0)),
+    solver=lambda sde, steps, o: EDMHeun(sde, n_steps=steps, s_churn=float(o["S_churn"]), s_tmin=float(o["S_tmin"]),
+                                         s_tmax=float(o["S_tmax"]), s_noise=float(o["S_noise"]))))

@@ -17,7 +17,9 @@ and the solvers Taylor-expand eps_hat or x0_hat in lambda:
   plus the UniC corrector, which re-uses the model evaluation at the new point to raise the order of the
   step just taken at no extra evaluation (skipped after the last step, where it would cost one).
 
-``DDIM`` (``stochastic.py``) is the first-order member of both families.
+* ``DDIM`` (Song, Meng & Ermon 2021), the first-order member of both families, with stochasticity eta:
+  x1 = alpha_1 x0_hat + sqrt(sigma_1^2 - c^2) eps_hat + c z, c = eta sqrt(sigma_1^2 v / sigma_0^2), where
+  x_{t0} = a x_{t1} + sqrt(v) z is the forward kernel; eta = 1 is the ancestral step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,26 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from sde_lib.sampling.base import ScoreSolver
+from sde_lib.sampling.base import ScoreSolver, transition
+from sde_lib.sampling.noise import normal_like_rows, time_bits
+from sde_lib.sampling.registry import Option, Sampler, register
+
+
+class DDIM(ScoreSolver):
+    """DDIM with stochasticity eta in [0, 1]; eta = 1 is ancestral sampling. 1 evaluation per step."""
+
+    eta: float = eqx.field(static=True, default=0.0)
+
+    def step_real(self, terms, s0, t0, t1, y0, args, state):
+        eps_hat, x0_hat = self.predictions(terms, t0, y0, args)
+        alpha1, sigma1 = self.sde.marginal_coeffs(t1)
+        if self.eta == 0.0:
+            return alpha1 * x0_hat + sigma1 * eps_hat, state
+        _, sigma0 = self.sde.marginal_coeffs(t0)
+        _, v = transition(self.sde, t0, t1)
+        c = self.eta * jnp.sqrt(sigma1**2 * v) / sigma0
+        z = normal_like_rows(args, y0.shape, time_bits(s0))
+        return alpha1 * x0_hat + jnp.sqrt(jnp.maximum(sigma1**2 - c**2, 0.0)) * eps_hat + c * z, state
 
 
 class DPMSolver(ScoreSolver):
@@ -198,3 +219,22 @@ def _unipc_update(order, sde, x, ms, ts, t_new, m_new):
         rhos = jnp.linalg.solve(mat, jnp.stack(b))
         rhos = [rhos[k] for k in range(n)]
     return base - alpha_new * b_h * sum(r * d for r, d in zip(rhos, ds))
+
+
+_LOF = Option("lower_order_final", True, "lower the order of the last steps of runs under 10 steps")
+register(Sampler("ddim", family="exponential", grid="logsnr", doc="DDIM, `eta` in [0, 1]",
+                 options=(Option("eta", 0.0, "stochasticity in [0, 1]", lambda v: 0.0 <= v <= 1.0),),
+                 solver=lambda sde, steps, o: DDIM(sde, eta=float(o["eta"]))))
+for _order in (2, 3):
+    register(Sampler(f"dpm_solver_{_order}", family="exponential", grid="logsnr", nfe_per_step=_order,
+                     doc="singlestep DPM-Solver, noise prediction",
+                     solver=lambda sde, steps, o, k=_order: DPMSolver(sde, solver_order=k)))
+for _order in (2, 3):
+    register(Sampler(f"dpm_solver_pp_{_order}m", family="exponential", grid="logsnr", options=(_LOF,),
+                     doc="multistep DPM-Solver++, data prediction",
+                     solver=lambda sde, steps, o, k=_order: DPMSolverPPMultistep(
+                         sde, solver_order=k, n_steps=steps, lower_order_final=bool(o["lower_order_final"]))))
+register(Sampler("unipc", family="exponential", grid="logsnr", doc="UniPC-bh2 predictor-corrector (`order`)",
+                 options=(Option("order", 3, "1, 2 or 3", lambda v: v in (1, 2, 3)), _LOF),
+                 solver=lambda sde, steps, o: UniPC(sde, solver_order=int(o["order"]), n_steps=steps,
+                                                    lower_order_final=bool(o["lower_order_final"]))))

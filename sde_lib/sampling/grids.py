@@ -6,11 +6,15 @@
   integrators then take equal h = lambda_{i+1} - lambda_i).
 * ``edm``: sigma_i = (sigma_max^{1/rho} + i/N (sigma_min^{1/rho} - sigma_max^{1/rho}))^rho in the EDM noise
   level sigma(t) = sigma_t / alpha_t, with rho = 7 by default (Karras et al. 2022, eq. 5).
+
+Samplers also take an explicit grid: ``time_grid=ts``, an array of ``steps + 1`` strictly decreasing
+times from T to eps (e.g. one calibrated on the model itself).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from sde_lib.sdes import SDE
 
@@ -40,3 +44,28 @@ def time_grid(sde: SDE, kind: str, steps: int, eps: float, rho: float = 7.0):
         ts = sde.t_from_sigma(sig)
     # Pin both ends: the inverse maps round, and samplers must start at T and stop at eps exactly.
     return ts.at[0].set(T).at[-1].set(eps)
+
+
+def check_time_grid(sde: SDE, grid, steps: int, eps: float) -> None:
+    """Validate a ``time_grid`` option: a name of :data:`TIME_GRIDS`, or an explicit array of ``steps + 1``
+    strictly decreasing times from ``sde.T`` to ``eps`` (ends within 1e-6 relative). One ValueError."""
+    if isinstance(grid, str):
+        if grid not in TIME_GRIDS:
+            raise ValueError(f"time_grid must be one of {TIME_GRIDS} or an array of times, got {grid!r}")
+        return
+    ts = np.asarray(grid, np.float64)
+    if ts.shape != (int(steps) + 1,):
+        raise ValueError(f"time_grid array must have shape (steps + 1,) = ({int(steps) + 1},), got {ts.shape}")
+    if not np.all(np.isfinite(ts)) or not np.all(np.diff(ts) < 0):
+        raise ValueError("time_grid array must hold finite, strictly decreasing times")
+    if abs(ts[0] - sde.T) > 1e-6 * sde.T or abs(ts[-1] - eps) > 1e-6 * max(eps, 1e-12) + 1e-12:
+        raise ValueError(f"time_grid array must run from T={sde.T} to eps={eps}, got {ts[0]} to {ts[-1]}")
+
+
+def resolve_time_grid(sde: SDE, grid, steps: int, eps: float, rho: float = 7.0):
+    """The ``(steps + 1,)`` times of a ``time_grid`` option: a named grid, or the given array with both
+    ends pinned to T and eps."""
+    if isinstance(grid, str):
+        return time_grid(sde, grid, steps, eps, rho)
+    ts = jnp.asarray(grid, jnp.result_type(float))
+    return ts.at[0].set(sde.T).at[-1].set(eps)
