@@ -1,4 +1,5 @@
-"""Score networks in flax nnx. They map (x, c_noise) to an output of x's shape and know nothing about SDEs.
+"""Score networks in flax nnx. They map (x, c_noise) to an output of x's shape and know nothing about SDEs
+(nor about the rest of the framework: this package imports nothing from ``sde_lib``).
 
 Every model is called as ``model(x, c_noise, *, train=False, key=None)`` with ``x`` of shape
 ``(B, *dims)`` and ``c_noise`` of shape ``(B,)`` (the conditioning the parameterisation adapter picks);
@@ -17,31 +18,31 @@ from models.layers import default_init, fourier_embedding, positional_embedding
 from models.mlp import MLP
 from models.unet import UNet
 
-MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
+UNET_NAMES = ("ncsnpp", "ddpmpp")
+MODEL_NAMES = ("mlp",) + UNET_NAMES
 
 
-def get_model(config, rngs: nnx.Rngs) -> nnx.Module:
-    """Build ``config.model.name`` from ``config.model`` and ``config.data``.
+def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
+    """Build ``m.name`` (``m`` is ``config.model``) for examples of shape ``dims``.
 
-    'mlp': :class:`MLP` on one example flattened: D = ``config.data.num_channels`` for toy vectors,
-    ``image_size**2 * num_channels`` for images (e.g. 64 for 8x8 digits);
-    'ncsnpp' and 'ddpmpp': :class:`UNet` on ``(image_size, image_size, num_channels)`` images. The two
-    names are the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``.
+    'mlp': :class:`MLP` on one example flattened to D = prod(dims) (e.g. 64 for 8x8 digits);
+    'ncsnpp' and 'ddpmpp': :class:`UNet` on ``dims = (H, W, C)`` images with H = W. The two names are
+    the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``.
     """
-    m, d = config.model, config.data
+    dims = tuple(int(d) for d in dims)
     if m.name == "mlp":
-        from sde_lib.data import data_dims  # lazy: the data package is only needed for this lookup
-
-        return MLP(math.prod(data_dims(d)), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
+        return MLP(math.prod(dims), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
                    fourier_scale=m.fourier_scale, init_scale=m.init_scale, dropout=m.dropout,
                    input_fourier=tuple(m.get("input_fourier", ())), embed_dim=m.get("embed_dim") or None, rngs=rngs)
-    if m.name in ("ncsnpp", "ddpmpp"):
-        return UNet(image_size=d.image_size, num_channels=d.num_channels, nf=m.nf, ch_mult=m.ch_mult,
+    if m.name in UNET_NAMES:
+        if len(dims) != 3 or dims[0] != dims[1]:
+            raise ValueError(f"config.model.name={m.name!r} needs square (H, W, C) images, got examples of shape {dims}")
+        return UNet(image_size=dims[0], num_channels=dims[2], nf=m.nf, ch_mult=m.ch_mult,
                     num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions, dropout=m.dropout,
                     resblock_type=m.resblock_type, embedding_type=m.embedding_type,
                     fourier_scale=m.fourier_scale, skip_rescale=m.skip_rescale, init_scale=m.init_scale,
                     resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
-                    progressive=m.progressive, progressive_input=m.progressive_input, rngs=rngs)
+                    progressive_input=m.progressive_input, rngs=rngs)
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")
 
 
@@ -50,5 +51,5 @@ def count_params(model: nnx.Module) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["MLP", "MODEL_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
+__all__ = ["MLP", "MODEL_NAMES", "UNET_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
            "positional_embedding"]

@@ -3,7 +3,7 @@
 score_sde's ``ncsnpp`` network with its hyperparameters and their meaning; DDPM++ is the same network
 with DDPM-style choices (positional embedding, no input pyramid). Supported subset, errors otherwise:
 
-* ``progressive='none'`` (no output pyramid) and ``progressive_input`` 'none' or 'residual';
+* no output pyramid (score_sde's ``progressive='none'``) and ``progressive_input`` 'none' or 'residual';
 * non-FIR resampling: nearest-neighbour up, 2x2 average (or strided 3x3 conv) down. score_sde's VE
   NCSN++ config sets ``fir=True`` (a fixed [1, 3, 3, 1] blur); FIR filters hold no parameters, so the
   parameter count matches, but the resampling filter differs;
@@ -148,13 +148,11 @@ class UNet(nnx.Module):
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
                  resblock_type: str = "biggan", embedding_type: str = "positional", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, init_scale: float = 0.0, resamp_with_conv: bool = True,
-                 conditional: bool = True, progressive: str = "none", progressive_input: str = "none",
+                 conditional: bool = True, progressive_input: str = "none",
                  rngs: nnx.Rngs):
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         if resblock_type not in RESBLOCK_TYPES:
             raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got {resblock_type!r}")
-        if progressive != "none":
-            raise ValueError(f"progressive must be 'none' (output pyramids are not implemented), got {progressive!r}")
         if progressive_input not in PROGRESSIVE_INPUT:
             raise ValueError(f"progressive_input must be one of {PROGRESSIVE_INPUT}, got {progressive_input!r}")
         if not ch_mult or int(num_res_blocks) < 1:

@@ -16,12 +16,8 @@ split's size, e.g. 360 for digits). Bad input ends with a one-line error.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from sde_lib import ablation  # noqa: E402
+from sde_lib import ablation, cli, report
 
 
 def _list(text: str, kind, flag: str) -> list:
@@ -37,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--mixture", default="ring2d", help="built-in mixture name or a .json mixture file")
     src.add_argument("--workdir", default=None, help="training run directory (its EMA network is the source)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: newest)")
-    p.add_argument("--sde", default="vp", choices=sorted(ablation.SDES), help="SDE of the --mixture oracle")
+    p.add_argument("--params", default="ema", choices=["ema", "raw"], help="parameters of --workdir")
+    p.add_argument("--sde", default="vp", choices=ablation.SDE_CHOICES, help="SDE of the --mixture oracle")
     p.add_argument("--samplers", default=None, help="comma-separated names (default: all)")
     p.add_argument("--nfe", default="10,20,50,100,1000", help="NFE budgets of the fixed-step samplers")
     p.add_argument("--tolerances", default="1e-2,1e-3,1e-4", help="rtol = atol values of the adaptive samplers")
@@ -51,23 +48,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--floor_draws", type=int, default=5, help="exact sets behind the distance floor")
     p.add_argument("--cache_dir", default=None, help="feature-classifier cache folder (image workdirs)")
     p.add_argument("--out", default="out/ablate")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
-    try:
-        source = (ablation.workdir_source(a.workdir, a.step) if a.workdir
+    with cli.exit_on_user_error():
+        report.check_outputs([f"{a.out}/ablation.{e}" for e in ("csv", "md", "json", "png")], a.overwrite)
+        source = (ablation.workdir_source(a.workdir, a.step, a.params) if a.workdir
                   else ablation.oracle_source(a.mixture, a.sde))
         samplers = _list(a.samplers, str, "--samplers") if a.samplers else (
-            ablation.default_samplers() + list(ablation.ADAPTIVE))
+            ablation.default_samplers() + ablation.adaptive_samplers())
         result = ablation.run_ablation(
             source, samplers, _list(a.nfe, int, "--nfe"), tolerances=_list(a.tolerances, float, "--tolerances"),
             n=a.n, seed=a.seed, eps=a.eps, denoise=a.denoise, ref_tol=a.ref_tol, ref_x64=not a.ref_float32,
             num_projections=a.projections, floor_draws=a.floor_draws, cache_dir=a.cache_dir)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    paths = ablation.write_outputs(result, a.out)
+        paths = ablation.write_outputs(result, a.out, overwrite=a.overwrite)
     print(ablation.markdown(result))
     print("wrote " + ", ".join(paths.values()))
 

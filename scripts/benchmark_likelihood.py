@@ -29,13 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sde_lib
+from sde_lib import likelihood as L
+from sde_lib.oracle import builtin_mixture
 
-import sde_lib  # noqa: E402
-from sde_lib import likelihood as L  # noqa: E402
-from sde_lib.oracle import builtin_mixture  # noqa: E402
-
-SDES = {"vp": sde_lib.VPSDE, "subvp": sde_lib.SubVPSDE, "ve": sde_lib.VESDE}
 
 
 def oracle_source(mixture: str, sde_name: str, n: int, eps: float, seed: int):
@@ -44,7 +41,7 @@ def oracle_source(mixture: str, sde_name: str, n: int, eps: float, seed: int):
     Using the true p_T removes the (method-independent) mismatch between p_T and the SDE's prior, so
     the error is the solver's alone.
     """
-    sde = SDES[sde_name]()
+    sde = sde_lib.sdes.sde_class(sde_name)()
     gmm = builtin_mixture(mixture)
     x = gmm.sample_t(sde, jax.random.PRNGKey(seed), n, eps)
     exact = gmm.log_prob_t(sde, x, eps)
@@ -61,12 +58,10 @@ def workdir_source(workdir: str, n: int, eps: float, seed: int):
     """A trained run's EMA model on ``n`` dequantised test examples; both methods use the same single
     Rademacher probe (as score_sde's likelihood does), and the error is measured against a tight
     (rtol = atol = 1e-8) solve of that same Hutchinson ODE."""
-    from sde_lib import data, run, training
-    from sde_lib.config import get_sde
+    from sde_lib import data
 
-    config, graphdef, ema, step = run.load_ema(workdir)
-    sde = get_sde(config)
-    score_fn = training.score_fn_builder(config, graphdef, sde)(ema)
+    r = sde_lib.load_run(workdir)
+    config, sde, score_fn = r.config, r.sde, r.score_fn
     levels = data.load_split(config.data, "test")[:n]
     u = np.asarray(jax.random.uniform(jax.random.PRNGKey(seed), levels.shape))
     x = jnp.asarray(data.dequantize(levels, u, config.data.levels, config.data.centered), jnp.float32)
@@ -80,7 +75,7 @@ def workdir_source(workdir: str, n: int, eps: float, seed: int):
         return np.abs(np.asarray(sde.prior_logp(jnp.asarray(z, jnp.float32)) + jnp.asarray(delta)) - ref) / dim
 
     probes = L.draw_probes(key, x.shape, "rademacher", 1, 0, x.dtype)
-    return {"name": f"workdir:{workdir}@{step}", "sde": sde, "score_fn": score_fn, "x": x, "error": error,
+    return {"name": f"workdir:{workdir}@{r.step}", "sde": sde, "score_fn": score_fn, "x": x, "error": error,
             "vectors": probes, "trace": "hutchinson"}
 
 
@@ -136,7 +131,7 @@ def measure(run, error, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", default="gauss16d")
-    p.add_argument("--sde", default="vp", choices=sorted(SDES))
+    p.add_argument("--sde", default="vp", choices=("vp", "subvp", "ve"))
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--tols", default="1e-5",
                    help="comma-separated rtol = atol values; several give a work-precision table")

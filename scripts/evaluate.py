@@ -3,25 +3,26 @@
 Mode ``metrics`` (also spelled ``--metrics``): sample-quality metrics (Fréchet distance, KID,
 precision / recall in a cached classifier's feature space, sliced Wasserstein, memorisation; each with
 its real-vs-real floor) and test bits/dim of one or all checkpoints of a training run, as a table and
-a plot against training step (``sde_lib.evaluation``):
+a plot against training step (``sde_lib.evaluation``); default ``--out`` out/eval_metrics/<run>:
 
     .venv/bin/python scripts/evaluate.py --metrics --workdir runs/quickstart [--checkpoints 1000,2500] \
         [--sampler dpm_solver_pp_3m --steps 20] [--num 360] [--no_bpd] [--out DIR]
 
-Mode ``likelihood``:
+Mode ``likelihood``, of a trained run (``--workdir DIR``: its EMA parameters, config and test split;
+``--split``, ``--n``, ``--n_dequant``, ``--trace`` and ``--seed`` apply): bits/dim of discrete data, or
+nats/dim of continuous data (the toy configs, whose exact density is printed beside it):
+
+    .venv/bin/python scripts/evaluate.py likelihood --workdir runs/quickstart --trace exact
+
+or of a built-in Gaussian mixture's exact score under ``--sde`` (without ``--workdir``):
 
     .venv/bin/python scripts/evaluate.py likelihood --mixture gauss16d --data mixture --n 512 \\
         --levels 256 --scale=-3,3 --n_dequant 4 --out out/eval_likelihood
 
-Model source: ``--model oracle`` (a built-in Gaussian mixture's exact score under ``--sde``), or a
-trained run with ``--workdir DIR`` (its EMA parameters, config and test split; ``--split``, ``--n``,
-``--n_dequant``, ``--trace`` and ``--seed`` apply):
-
-    .venv/bin/python scripts/evaluate.py likelihood --workdir runs/quickstart --trace exact
-
-Data: ``--data mixture`` draws ``--n`` points of the same mixture and quantises them to ``--levels`` bins tiling ``--scale``; ``--data PATH.npz`` reads
-integer levels 0..levels-1 from the array ``--split`` (default: the file's only array). Writes
-``report.json`` and ``report.md`` into ``--out``. Bad input ends with a one-line error.
+Data: ``--data mixture`` draws ``--n`` points of the same mixture and quantises them to ``--levels`` bins
+tiling ``--scale``; ``--data PATH.npz`` reads integer levels 0..levels-1 from the array ``--split``
+(default: the file's only array). Writes ``report.json`` and ``report.md`` into ``--out``. Run folders
+are only read; existing outputs are kept unless ``--overwrite``. Bad input ends with a one-line error.
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from sde_lib import cli, report
+from sde_lib import likelihood as L
+from sde_lib.oracle import builtin_mixture
+from sde_lib.sdes import sde_class
 
-import sde_lib  # noqa: E402
-from sde_lib import likelihood as L  # noqa: E402
-from sde_lib.oracle import builtin_mixture  # noqa: E402
-
-SDES = {"vp": sde_lib.VPSDE, "subvp": sde_lib.SubVPSDE, "ve": sde_lib.VESDE}
+SDE_CHOICES = ("vp", "subvp", "ve")
 
 
 def parse_scale(text: str) -> tuple[float, float]:
@@ -72,7 +72,7 @@ def load_npz(path: str, split: str | None) -> np.ndarray:
 
 def build(a):
     """(sde, score_fn, integer data, description) from the parsed flags."""
-    sde = SDES[a.sde]()
+    sde = sde_class(a.sde)()
     gmm = builtin_mixture(a.mixture)
     scale = parse_scale(a.scale)
     if a.data == "mixture":
@@ -103,52 +103,69 @@ def summarise(bpd, info, wall, a, source, n):
     }
 
 
-def write_report(report, out):
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    rows = "\n".join(f"| {k} | {v} |" for k, v in report.items())
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"# Likelihood evaluation\n\n| field | value |\n|---|---|\n{rows}\n")
+def write_report(fields: dict, out: str, overwrite: bool) -> None:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in fields.items())
+    report.write_report(out, "report", [fields], f"# Likelihood evaluation\n\n| field | value |\n|---|---|\n{rows}\n",
+                        overwrite=overwrite)
 
 
 def likelihood_of_workdir(a):
-    from sde_lib import run
+    from sde_lib.data import load_split, toy
+    from sde_lib.runs import load_run
 
     if not os.path.isdir(a.workdir):
         raise ValueError(f"workdir {a.workdir!r} not found")
-    report = run.evaluate_bpd(a.workdir, split=a.split, num=a.n if a.n_given else None,
-                              n_dequant=a.n_dequant if a.n_dequant_given else None, trace=a.trace, seed=a.seed)
-    report["model"] = f"workdir:{a.workdir}"
-    write_report(report, a.out)
-    print(f"{report['bpd']:.4f} +- {report['bpd_stderr']:.4f} bits/dim on {report['num']} {report['split']} examples "
-          f"(step {report['step']}, mean NFE {report['nfe']:.0f}); report in {a.out}")
+    report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
+    run = load_run(a.workdir)
+    fields = run.bpd(split=a.split, num=a.n if a.n_given else None,
+                     n_dequant=a.n_dequant if a.n_dequant_given else None, trace=a.trace, seed=a.seed)
+    fields["model"] = f"workdir:{a.workdir}"
+    d = run.config.data
+    if "nats_per_dim" in fields:
+        text = (f"{fields['nats_per_dim']:.4f} +- {fields['nats_per_dim_stderr']:.4f} nats/dim on {fields['num']} "
+                f"{fields['split']} examples")
+        if d.dataset == "toy" and d.toy_name in ("mixture",) + toy.MIXTURES:  # the data's exact density
+            x = load_split(d, fields["split"])[: fields["num"]]
+            exact = -np.asarray(toy.toy_density(d.toy_name).log_prob(x)) / x.shape[1]
+            fields["exact_nats_per_dim"] = float(np.mean(exact))
+            text += f" (the data's exact density: {fields['exact_nats_per_dim']:.4f})"
+    else:
+        text = f"{fields['bpd']:.4f} +- {fields['bpd_stderr']:.4f} bits/dim on {fields['num']} {fields['split']} examples"
+    write_report(fields, a.out, a.overwrite)
+    print(f"{text} (step {fields['step']}, mean NFE {fields['nfe']:.0f}); report in {a.out}")
 
 
 def likelihood(a):
+    for name in ("n", "n_dequant", "n_probes", "batch_size"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.workdir:
         return likelihood_of_workdir(a)
+    report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     sde, score_fn, data, source = build(a)
     t0 = time.perf_counter()
     bpd, info = L.bits_per_dim(sde, score_fn, data, jax.random.PRNGKey(a.seed + 1), levels=a.levels,
                                scale=parse_scale(a.scale), n_dequant=a.n_dequant, batch_size=a.batch_size,
                                progress=True, trace=a.trace, probe=a.probe, n_probes=a.n_probes,
                                rtol=a.rtol, atol=a.atol, eps=a.eps, solver=a.solver)
-    report = summarise(np.asarray(bpd), info, time.perf_counter() - t0, a, source, data.shape[0])
-    write_report(report, a.out)
-    print(f"{report['bits_per_dim']:.4f} +- {report['bits_per_dim_sem']:.4f} bits/dim "
-          f"(mean NFE {report['nfe_mean']:.0f}); report in {a.out}")
+    fields = summarise(np.asarray(bpd), info, time.perf_counter() - t0, a, source, data.shape[0])
+    write_report(fields, a.out, a.overwrite)
+    print(f"{fields['bits_per_dim']:.4f} +- {fields['bits_per_dim_sem']:.4f} bits/dim "
+          f"(mean NFE {fields['nfe_mean']:.0f}); report in {a.out}")
 
 
 def metrics(a):
     from sde_lib import evaluation
+    from sde_lib.runs import checkpoint_steps
 
     if not os.path.isdir(a.workdir):
         raise ValueError(f"workdir {a.workdir!r} not found")
+    out = a.out or os.path.join("out", "eval_metrics", os.path.basename(os.path.normpath(a.workdir)))
+    report.check_outputs([os.path.join(out, f"metrics.{e}") for e in ("csv", "md", "json", "png")], a.overwrite)
     if a.checkpoints == "all":
         steps = None
     elif a.checkpoints == "latest":
-        steps = evaluation.checkpoint_steps(a.workdir)[-1:]
+        steps = checkpoint_steps(a.workdir)[-1:]
     else:
         try:
             steps = [int(v) for v in a.checkpoints.split(",") if v.strip()]
@@ -156,8 +173,7 @@ def metrics(a):
             raise ValueError(f"--checkpoints must be 'all', 'latest' or comma-separated steps, got {a.checkpoints!r}") from None
     rows = evaluation.evaluate_checkpoints(a.workdir, steps, sampler=a.sampler, sampler_steps=a.steps, num=a.num,
                                            bpd=not a.no_bpd, bpd_num=a.bpd_num, seed=a.seed, cache_dir=a.cache_dir)
-    out = a.out or os.path.join(a.workdir, "eval_metrics")
-    paths = evaluation.write_report(rows, a.workdir, out)
+    paths = evaluation.write_report(rows, a.workdir, out, overwrite=a.overwrite)
     print(evaluation.markdown(rows, a.workdir))
     print("wrote " + ", ".join(paths.values()))
 
@@ -175,12 +191,12 @@ def parser():
     m.add_argument("--bpd_num", type=int, default=None, help="test examples for bits/dim (default config.eval.num_samples)")
     m.add_argument("--cache_dir", default=None, help="feature-classifier cache folder")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", default=None, help="default: WORKDIR/eval_metrics")
+    m.add_argument("--out", default=None, help="default: out/eval_metrics/<run name>")
+    m.add_argument("--overwrite", action="store_true", help="replace existing output files")
     q = sub.add_parser("likelihood", help="bits/dim of discrete data through the PF-ODE")
-    q.add_argument("--model", default="oracle", choices=["oracle"], help="score source without --workdir")
-    q.add_argument("--workdir", default=None, help="a training run directory: evaluate its EMA model")
+    q.add_argument("--workdir", default=None, help="a training run directory (default: the --mixture oracle)")
     q.add_argument("--mixture", default="gauss16d", help="built-in mixture of the oracle model")
-    q.add_argument("--sde", default="vp", choices=sorted(SDES))
+    q.add_argument("--sde", default="vp", choices=SDE_CHOICES)
     q.add_argument("--data", default="mixture", help="'mixture' or a .npz file of integer levels")
     q.add_argument("--split", default=None, help="array name inside the .npz file")
     q.add_argument("--n", type=int, default=512, help="examples drawn for --data mixture")
@@ -197,6 +213,7 @@ def parser():
     q.add_argument("--batch_size", type=int, default=256)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="out/eval_likelihood")
+    q.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
@@ -207,10 +224,8 @@ def main(argv=None):
     a = parser().parse_args(argv)
     a.n_given = any(x.startswith("--n=") or x == "--n" for x in argv)
     a.n_dequant_given = any(x.startswith("--n_dequant") for x in argv)
-    try:
+    with cli.exit_on_user_error():
         {"likelihood": likelihood, "metrics": metrics}[a.mode](a)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -7,24 +7,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 WORKDIR="${WORKDIR:-runs/quickstart}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 
 python scripts/train.py --config=configs/digits/vp.py --workdir="$WORKDIR" "$@"
 train_end=$(date +%s)
 mkdir -p "$WORKDIR/quickstart"
-python scripts/sample.py --workdir="$WORKDIR" --sampler=ode_tsit5 --steps=25 --num=100 \
+python scripts/sample.py --workdir="$WORKDIR" --sampler=ode_tsit5 --steps=25 --num=100 --overwrite \
   --out="$WORKDIR/quickstart/ode_tsit5" > "$WORKDIR/quickstart/ode_tsit5.json"
-python scripts/sample.py --workdir="$WORKDIR" --sampler=dpm_solver_pp_3m --steps=20 --num=100 \
+python scripts/sample.py --workdir="$WORKDIR" --sampler=dpm_solver_pp_3m --steps=20 --num=100 --overwrite \
   --out="$WORKDIR/quickstart/dpm_solver_pp_3m" > "$WORKDIR/quickstart/dpm_solver_pp_3m.json"
 
 python - "$WORKDIR" "$start" "$train_end" <<'PY'
 import json, os, sys, time
 
-from sde_lib import logging_utils, run
+from sde_lib import load_run, logging_utils
 
 workdir, start, train_end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-bpd = run.evaluate_bpd(workdir)
+bpd = load_run(workdir).bpd()
 samples = [json.load(open(os.path.join(workdir, "quickstart", f"{name}.json"))) for name in ("ode_tsit5", "dpm_solver_pp_3m")]
 losses = [r for r in logging_utils.read_metrics(workdir) if "loss" in r]
 evals = [r for r in logging_utils.read_metrics(workdir) if "eval_loss" in r]

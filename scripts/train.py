@@ -3,22 +3,22 @@
     python scripts/train.py --config=configs/digits/vp.py --workdir=runs/digits_vp \
         [--config.training.n_iters=2000] [--keep=5]
 
+Resuming compares the config with the run's config.json: only lengths, frequencies, sampling and
+evaluation settings may change (sde_lib.trainer.RESUMABLE); --force resumes with other changes
+anyway, --fork_from=OTHER_RUN starts a new run in --workdir from OTHER_RUN's newest checkpoint.
+
 Multi-host: start one process per host with --coordinator_address=HOST:PORT --num_processes=P
 --process_id=I, or --distributed to let JAX detect the cluster (SLURM, TPU pods, ...).
 """
 
-import os
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-# Config files import their shared bases as ``configs.<group>._base``: the repository root must be importable.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.", required=True)
 _KEEP = flags.DEFINE_integer("keep", 5, "Numbered snapshots to keep.")
+_FORCE = flags.DEFINE_bool("force", False, "Resume although the config changed beyond the resumable fields.")
+_FORK = flags.DEFINE_string("fork_from", None, "Start a new run in --workdir from this run's newest checkpoint.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -31,14 +31,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
-    from sde_lib import run  # after flag parsing: jax.distributed must initialise before other JAX use
+    from sde_lib import cli, trainer  # after flag parsing: jax.distributed must initialise before other JAX use
 
-    run.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
-    try:
-        run.train(_CONFIG.value, _WORKDIR.value, keep=_KEEP.value)
-    except (ValueError, run.NonFiniteLossError) as err:
-        sys.exit(f"error: {err}")
+    trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
+    with cli.exit_on_user_error():
+        trainer.train(_CONFIG.value, _WORKDIR.value, keep=_KEEP.value, force=_FORCE.value, fork_from=_FORK.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from sde_lib.cli import absl_flags_parser
+
+    app.run(main, flags_parser=absl_flags_parser)

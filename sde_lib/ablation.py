@@ -42,13 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib import sampling
+from sde_lib import report, sampling
+from sde_lib.metrics.distances import random_directions, sliced_wasserstein_projected
 from sde_lib.oracle import GaussianMixture, builtin_mixture
-from sde_lib.sdes import SDE, SubVPSDE, VESDE, VPSDE
+from sde_lib.sdes import SDE, sde_class
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-ADAPTIVE = ("ode_adaptive", "sde_adaptive")
+SDE_CHOICES = ("vp", "subvp", "ve")
 COLUMNS = ("sampler", "family", "budget", "steps", "tol", "nfe", "err_median", "err_rms", "sw2", "logp_mean",
            "fd", "fd_err", "kid", "kid_err", "precision", "recall", "sec_per_sample")
 IMAGE_METRICS = ("fd", "kid", "precision", "recall")
@@ -103,52 +103,42 @@ def load_mixture(spec: str) -> tuple[str, GaussianMixture]:
 
 def oracle_source(mixture: str, sde: str = "vp") -> Source:
     """The exact score of a Gaussian mixture (built-in name or JSON file) under ``sde`` (vp | subvp | ve)."""
-    if sde not in SDES:
-        raise ValueError(f"sde must be one of {', '.join(SDES)}, got {sde!r}")
+    if sde not in SDE_CHOICES:
+        raise ValueError(f"sde must be one of {', '.join(SDE_CHOICES)}, got {sde!r}")
     name, gmm = load_mixture(mixture)
-    s = SDES[sde]()
+    s = sde_class(sde)()
     return Source(f"oracle:{name}/{sde}", s, gmm.score_fn(s), (gmm.dim,), gmm.sample, gmm.log_prob)
 
 
-def workdir_source(workdir: str, step: int | None = None) -> Source:
-    """The EMA network of a training run directory (newest checkpoint, or ``step``).
+def workdir_source(workdir: str, step: int | None = None, params: str = "ema") -> Source:
+    """The network of a training run directory (newest checkpoint, or ``step``; EMA or raw parameters).
 
     A run on a Gaussian-mixture toy set keeps that mixture's exact draws and density; other data leave
-    ``exact_samples`` / ``log_prob`` unset (data-space metrics then read NaN).
+    ``exact_samples`` / ``log_prob`` unset (data-space metrics then read NaN). Read-only (``load_run``);
+    warns when the run is young for its EMA.
     """
-    from sde_lib import run, training  # the training stack (flax, orbax) loads only for this source
-    from sde_lib.config import get_sde
-    from sde_lib.data import data_dims, toy
+    from sde_lib.data import toy
+    from sde_lib.metrics.reference import LABELLED
+    from sde_lib.runs import load_run
 
     if not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} is not a directory")
-    config, graphdef, ema, step = run.load_ema(workdir, step)
-    sde = get_sde(config)
-    score_fn = training.score_fn_builder(config, graphdef, sde)(ema)
-    from sde_lib.metrics.reference import LABELLED
-
+    run = load_run(workdir, step, params)
+    config = run.config
     exact = log_prob = None
     if config.data.dataset == "toy" and config.data.toy_name in ("mixture",) + toy.MIXTURES:
         gmm = toy.toy_density(config.data.toy_name)
         exact, log_prob = gmm.sample, gmm.log_prob
     data_cfg = config.data if config.data.dataset in LABELLED else None
-    return Source(f"workdir:{os.path.basename(os.path.normpath(workdir))}@{step}", sde, score_fn,
-                  tuple(data_dims(config.data)), exact, log_prob, data_cfg)
+    return Source(f"workdir:{os.path.basename(os.path.normpath(workdir))}@{run.step}", run.sde, run.score_fn,
+                  run.dims, exact, log_prob, data_cfg)
 
 
 # ------------------------------------------------------------------------------------------- metrics
-def projections(dim: int, num: int = 128, seed: int = 0) -> jax.Array:
-    """``(num, dim)`` fixed random unit directions for :func:`sliced_w2`."""
-    v = jax.random.normal(jax.random.PRNGKey(seed), (num, dim))
-    return v / jnp.linalg.norm(v, axis=1, keepdims=True)
-
-
-@jax.jit
-def sliced_w2(x: jax.Array, y: jax.Array, theta: jax.Array) -> jax.Array:
-    """Sliced Wasserstein-2 between equal-size sets ``x``, ``y`` ``(n, *dims)`` along ``theta`` ``(P, D)``."""
-    px = jnp.sort(x.reshape(x.shape[0], -1) @ theta.T, axis=0)
-    py = jnp.sort(y.reshape(y.shape[0], -1) @ theta.T, axis=0)
-    return jnp.sqrt(jnp.mean((px - py) ** 2))
+def sliced_w2(x, y, theta: np.ndarray) -> float:
+    """Sliced Wasserstein-2 between equal-size sets ``x``, ``y`` ``(n, *dims)`` along ``theta`` ``(D, P)``."""
+    flat = lambda a: np.asarray(a, np.float64).reshape(len(a), -1)
+    return sliced_wasserstein_projected(flat(x) @ theta, flat(y) @ theta)
 
 
 def distance_floor(exact_samples: Callable[[jax.Array, int], jax.Array], reference: jax.Array, theta: jax.Array,
@@ -158,7 +148,7 @@ def distance_floor(exact_samples: Callable[[jax.Array, int], jax.Array], referen
     The distance an exact sampler would score against the same ``reference``: the level below which a
     sampler's distance says nothing.
     """
-    d = [float(sliced_w2(exact_samples(k, reference.shape[0]), reference, theta)) for k in jax.random.split(key, draws)]
+    d = [sliced_w2(exact_samples(k, reference.shape[0]), reference, theta) for k in jax.random.split(key, draws)]
     return float(np.mean(d)), float(np.std(d, ddof=1))
 
 
@@ -169,14 +159,17 @@ def endpoint_errors(x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------- the grid
-def min_budget(name: str) -> int:
-    """The smallest NFE budget that buys one step of a fixed-step sampler (start-up evaluations included)."""
-    return sampling.min_nfe(name)
+def is_adaptive(name: str) -> bool:
+    return sampling.registry.get(name).is_adaptive
 
 
 def default_samplers() -> list[str]:
     """Every fixed-step sampler."""
-    return [s for s in sampling.available_samplers() if s not in ADAPTIVE]
+    return [s for s in sampling.available_samplers() if not is_adaptive(s)]
+
+
+def adaptive_samplers() -> list[str]:
+    return [s for s in sampling.available_samplers() if is_adaptive(s)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,19 +190,19 @@ def make_plan(samplers: Sequence[str], budgets: Sequence[int], tolerances: Seque
     for s in samplers:
         if s not in known:
             raise ValueError(f"samplers: unknown sampler {s!r}; available: {', '.join(known)}")
-    fixed = [s for s in samplers if s not in ADAPTIVE]
+    fixed = [s for s in samplers if not is_adaptive(s)]
     if fixed and not budgets:
         raise ValueError("budgets: the list is empty")
-    if any(s in ADAPTIVE for s in samplers) and (not tolerances or min(tolerances) <= 0):
+    if any(is_adaptive(s) for s in samplers) and (not tolerances or min(tolerances) <= 0):
         raise ValueError(f"tolerances must be a non-empty list of positive numbers, got {list(tolerances)}")
     plan = []
     for s in samplers:
-        if s in ADAPTIVE:
+        if is_adaptive(s):
             plan += [Plan(s, None, None, float(t)) for t in tolerances]
             continue
         for b in budgets:
-            if int(b) < min_budget(s):
-                raise ValueError(f"budgets: NFE budget {b} is below the minimum {min_budget(s)} of sampler {s!r}")
+            if int(b) < sampling.min_nfe(s):
+                raise ValueError(f"budgets: NFE budget {b} is below the minimum {sampling.min_nfe(s)} of sampler {s!r}")
             plan.append(Plan(s, int(b), sampling.steps_for_nfe(s, int(b)), None))
     return plan
 
@@ -278,7 +271,7 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
             "reference": f"ode_adaptive tsit5 rtol=atol={ref_tol:g} {'float64' if ref_x64 else 'float32'}",
             "sw2_floor": nan, "sw2_floor_std": nan, "logp_exact": nan, "sw2_reference": nan, "logp_reference": nan}
     if source.exact_samples is not None:
-        theta = projections(math.prod(source.dims), num_projections)
+        theta = random_directions(math.prod(source.dims), num_projections, seed)
         exact = source.exact_samples(k_exact, int(n))
         mean, std = distance_floor(source.exact_samples, exact, theta, k_floor, floor_draws)
         meta.update(sw2_floor=mean, sw2_floor_std=std)
@@ -287,7 +280,7 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
         return float(jnp.mean(source.log_prob(jnp.asarray(x, jnp.float32)))) if source.log_prob else nan
 
     def sw2(x):
-        return float(sliced_w2(jnp.asarray(x, jnp.float32), exact, theta)) if exact is not None else nan
+        return sliced_w2(x, exact, theta) if exact is not None else nan
 
     if source.log_prob is not None and exact is not None:
         meta["logp_exact"] = logp(exact)
@@ -385,57 +378,32 @@ def markdown(result: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: str) -> None:
-    """Three log-log panels against actual NFE: endpoint RMS error, SW2 (with its floor), seconds per sample."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def panels(result: dict) -> list[report.Panel]:
+    """Three log-log panels against actual NFE: endpoint RMS error, SW2 or FD (with its floor), time per sample."""
     m = result["meta"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     images = "dataset" in m
-    panels = (("err_rms", "endpoint error (RMS L2)"),
-              ("fd", "Fréchet distance (classifier features)") if images else ("sw2", "sliced W2 to exact draws"),
-              ("sec_per_sample", "wall time per sample [s]"))
+    specs = (("err_rms", "endpoint error (RMS L2)", None),
+             ("fd", "Fréchet distance (classifier features)", "fd") if images
+             else ("sw2", "sliced W2 to exact draws", "sw2"),
+             ("sec_per_sample", "wall time per sample [s]", None))
     names = list(dict.fromkeys(r["sampler"] for r in result["rows"]))
-    cmap = plt.get_cmap("tab20")
-    for ax, (key, title) in zip(axes, panels):
-        for i, name in enumerate(names):
+    out = []
+    for key, title, floor in specs:
+        series = []
+        for name in names:
             pts = sorted((r["nfe"], r[key]) for r in result["rows"] if r["sampler"] == name)
-            pts = [(a, b) for a, b in pts if b is not None and np.isfinite(b) and b > 0]
-            if pts:
-                ls = "--" if name in ADAPTIVE else "-"
-                ax.plot(*zip(*pts), ls, marker="o", ms=3, color=cmap(i % 20), label=name)
-        if key == "sw2" and np.isfinite(m["sw2_floor"]):
-            lo, hi = m["sw2_floor"] - m["sw2_floor_std"], m["sw2_floor"] + m["sw2_floor_std"]
-            ax.axhspan(max(lo, 1e-12), hi, color="grey", alpha=0.3, label="exact-vs-exact floor")
-        if key == "fd":
-            lo, hi = m["fd_floor"] - m["fd_floor_err"], m["fd_floor"] + m["fd_floor_err"]
-            ax.axhspan(max(lo, 1e-3), hi, color="grey", alpha=0.3, label="real-vs-real floor")
-        ax.set(xscale="log", yscale="log", xlabel="NFE (actual)", title=title)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{m['source']}, n = {m['n']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            series.append((name, [a for a, _ in pts], [b for _, b in pts], None, "--" if is_adaptive(name) else "-"))
+        band = None
+        if floor is not None and math.isfinite(m.get(f"{floor}_floor", math.nan)):
+            err = m.get(f"{floor}_floor_std", m.get(f"{floor}_floor_err"))
+            band = (m[f"{floor}_floor"] - err, m[f"{floor}_floor"] + err)
+        out.append(report.Panel(title, "NFE (actual)", series, band, "exact floor", log=True))
+    return out
 
 
-def write_outputs(result: dict, out: str) -> dict[str, str]:
-    """Write ``ablation.csv``, ``ablation.md``, ``ablation.png`` and ``meta.json`` into ``out``; return their paths."""
-    import csv
-
-    os.makedirs(out, exist_ok=True)
-    paths = {k: os.path.join(out, f) for k, f in
-             (("csv", "ablation.csv"), ("md", "ablation.md"), ("png", "ablation.png"), ("meta", "meta.json"))}
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in result["rows"])
-    with open(paths["md"], "w") as f:
-        f.write(markdown(result))
-    with open(paths["meta"], "w") as f:
-        json.dump(result["meta"], f, indent=2)
-    plot(result, paths["png"])
-    return paths
+def write_outputs(result: dict, out: str, *, overwrite: bool = False) -> dict[str, str]:
+    """Write ``ablation.{csv,md,json,png}`` into ``out`` (the JSON holds ``meta`` and the rows); return the paths."""
+    return report.write_report(out, "ablation", result["rows"], markdown(result), meta=result["meta"],
+                               columns=COLUMNS, overwrite=overwrite,
+                               plot=lambda path: report.plot_panels(path, panels(result),
+                                                                    f"{result['meta']['source']}, n = {result['meta']['n']}"))

@@ -8,23 +8,34 @@ Layout of ``workdir`` (score_sde's names):
 * ``config.json``: the resolved config.
 
 Writes are asynchronous (orbax commits a step by an atomic rename, so a process killed mid-write leaves
-no half step behind). Resuming takes the newest step of either directory; a step that fails to restore
-is moved aside to ``<step>.corrupt`` with a warning and the next newest is tried. No pickle: arrays go
-to orbax's tensorstore format, the config to JSON.
+no half step behind). Resuming takes the newest step of either directory. A step whose files cannot be
+read is skipped with one warning line; a writer (training) also moves it aside to ``<step>.corrupt``,
+a reader (``read_only=True``: sampling, evaluation) never renames, creates or deletes anything. A step
+that is readable but does not fit the model (other shapes: the config changed) is never called corrupt:
+it raises :class:`CheckpointMismatch`. No pickle: arrays go to orbax's tensorstore format, the config to
+JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import warnings
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 SNAPSHOTS, PREEMPTION, CONFIG_FILE = "checkpoints", "checkpoints-meta", "config.json"
+
+
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint whose arrays do not fit the model the config builds."""
 
 
 def write_config(workdir: str, config) -> str:
@@ -40,13 +51,50 @@ def write_config(workdir: str, config) -> str:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was started with; tuples (e.g. ``ch_mult``) come back as tuples."""
+    """The config a run in ``workdir`` was started with, upgraded to today's schema (see :func:`upgrade`)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no config.json; is {workdir!r} a training workdir?")
-    with open(path) as f:
-        raw = json.load(f)
-    return ml_collections.ConfigDict(_tuples(raw))
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
+    return upgrade(_tuples(raw))
+
+
+def upgrade(raw: dict) -> ml_collections.ConfigDict:
+    """A recorded config (a dict) in today's schema: fields added since it was written take the value that
+    reproduces what the run did (``optim.ema_warmup=False``: older runs had none), or the default; renamed
+    fields move (score_sde's ``sampling.snr`` / ``n_steps_each`` became pc's ``sampling.options``)."""
+    from sde_lib.config import default_config
+
+    raw = json.loads(json.dumps(raw))  # a deep copy
+    sampling = raw.get("sampling", {})
+    snr, n_steps = sampling.pop("snr", None), sampling.pop("n_steps_each", None)
+    if "options" not in sampling and sampling.get("sampler") == "pc" and snr is not None:
+        sampling["options"] = {"snr": snr, "n_steps": n_steps}
+    raw.get("model", {}).pop("progressive", None)  # was a one-choice field ("none")
+    legacy = {"optim": {"ema_warmup": False}}
+    config = default_config()
+    for group, fields in legacy.items():
+        raw.setdefault(group, {})
+        for name, value in fields.items():
+            raw[group].setdefault(name, value)
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if k in dst and isinstance(dst[k], ml_collections.ConfigDict) and isinstance(v, dict):
+                if dst[k].keys() or not v:
+                    merge(dst[k], v)
+                else:
+                    dst[k] = ml_collections.ConfigDict(v)
+            else:
+                with dst.ignore_type():
+                    dst[k] = v
+
+    merge(config, _tuples(raw))
+    return config
 
 
 def _tuples(tree):
@@ -63,6 +111,47 @@ def abstract_like(state):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence orbax's and TensorStore's logging and asyncio's task tracebacks during a restore attempt
+    (a damaged step otherwise prints ~100 lines); our own one-line warning says what happened."""
+    loggers = [logging.getLogger(n) for n in ("asyncio", "absl", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    absl_level = absl_logging.get_verbosity()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        absl_logging.set_verbosity(absl_logging.FATAL)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        absl_logging.set_verbosity(absl_level)
+
+
+def _first_line(err: Exception, limit: int = 160) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _mismatches(stored, target) -> list[str]:
+    """Differences between a checkpoint's stored tree metadata and the restore target, as short lines."""
+    flat_s = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    flat_t = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+    out = []
+    for key in sorted(set(flat_s) | set(flat_t)):
+        if key not in flat_t:
+            out.append(f"{key} is in the checkpoint, not in the model")
+        elif key not in flat_s:
+            out.append(f"{key} is in the model, not in the checkpoint")
+        else:
+            shape_s, shape_t = tuple(getattr(flat_s[key], "shape", ())), tuple(flat_t[key].shape)
+            if shape_s != shape_t:
+                out.append(f"{key} has shape {shape_s} in the checkpoint, {shape_t} in the model")
+    return out
+
+
 class Checkpointer:
     """The two orbax ``CheckpointManager`` s of a run directory.
 
@@ -70,63 +159,110 @@ class Checkpointer:
       workdir: the run directory.
       keep: numbered snapshots to keep (None: all).
       async_writes: write in a background thread (orbax's async checkpointing).
+      read_only: read only: create no folder, never move a damaged step aside, refuse to save.
     """
 
-    def __init__(self, workdir: str, keep: int | None = 5, async_writes: bool = True):
+    def __init__(self, workdir: str, keep: int | None = 5, async_writes: bool = True, read_only: bool = False):
         if keep is not None and int(keep) < 1:
             raise ValueError(f"keep must be >= 1 or None, got {keep}")
         self.workdir = os.path.abspath(workdir)
+        self.read_only = read_only
 
         def manager(name, max_to_keep):
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                   enable_async_checkpointing=async_writes)
-            return ocp.CheckpointManager(os.path.join(self.workdir, name), options=options)
+            path = os.path.join(self.workdir, name)
+            if read_only and not os.path.isdir(path):
+                return None
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                                   read_only=read_only, enable_async_checkpointing=async_writes)
+            return ocp.CheckpointManager(path, options=options)
 
         self.snapshots = manager(SNAPSHOTS, keep)
         self.preemption = manager(PREEMPTION, 2)
+        self._managers = [m for m in (self.snapshots, self.preemption) if m is not None]
 
     def save(self, step: int, state, *, snapshot: bool = False) -> None:
         """Start writing ``state`` as ``step``: a numbered snapshot, else a preemption checkpoint."""
+        if self.read_only:
+            raise RuntimeError(f"{self.workdir}: a read-only Checkpointer cannot save")
         target = self.snapshots if snapshot else self.preemption
         if step not in target.all_steps():
             target.save(int(step), args=ocp.args.StandardSave(state))
 
     def steps(self) -> list[tuple[int, ocp.CheckpointManager]]:
         """Every committed ``(step, manager)``, newest first (a snapshot before a preemption copy)."""
-        found = [(s, m) for m in (self.snapshots, self.preemption) for s in m.all_steps()]
+        found = [(s, m) for m in self._managers for s in m.all_steps()]
         return sorted(found, key=lambda sm: (-sm[0], sm[1] is self.preemption))
 
     def latest_step(self) -> int | None:
         steps = self.steps()
         return steps[0][0] if steps else None
 
+    def _path(self, manager, step: int) -> str:
+        return os.path.join(str(manager.directory), str(step))
+
+    def check_fits(self, step: int, manager, target) -> None:
+        """Raise :class:`CheckpointMismatch` if ``step``'s stored arrays do not have ``target``'s tree and
+        shapes. Unreadable metadata is not a mismatch (the restore decides whether the step is damaged)."""
+        try:
+            with _quiet():
+                stored = manager.item_metadata(step)
+        except Exception:  # noqa: BLE001  (unreadable: left to the restore)
+            return
+        stored = getattr(stored, "tree", stored)
+        if stored is None:
+            return
+        try:
+            diffs = _mismatches(stored, target)
+        except Exception:  # noqa: BLE001
+            return
+        if diffs:
+            more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            raise CheckpointMismatch(
+                f"checkpoint {self._path(manager, step)} does not fit the model this config builds: "
+                f"{'; '.join(diffs[:3])}{more}")
+
     def restore(self, step: int, target):
         """The state saved as ``step`` (either directory), shaped and sharded like ``target``."""
         for s, manager in self.steps():
             if s == step:
-                return manager.restore(s, args=ocp.args.StandardRestore(abstract_like(target)))
+                self.check_fits(s, manager, target)
+                with _quiet():
+                    return manager.restore(s, args=ocp.args.StandardRestore(abstract_like(target)))
         raise FileNotFoundError(f"no checkpoint of step {step} under {self.workdir}")
 
     def restore_latest(self, target):
         """``(state, step)`` of the newest restorable checkpoint, or ``(None, None)`` if there is none.
 
-        A checkpoint that fails to restore, or whose stored step disagrees with its name, is moved
-        aside with a warning and the next newest is tried.
+        A step that does not fit ``target`` raises :class:`CheckpointMismatch`. A step that cannot be
+        read, or whose stored step disagrees with its name, is skipped with one warning line naming it and
+        the step used instead; a writer also moves it aside to ``<step>.corrupt``.
         """
+        skipped = []
         for step, manager in self.steps():
+            self.check_fits(step, manager, target)
             try:
-                state = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
-                if int(state.step) != step:
-                    raise ValueError(f"it holds step {int(state.step)}")
-                return state, step
-            except Exception as err:  # orbax/tensorstore raise many types for damaged files
-                path = os.path.join(manager.directory, str(step))
-                warnings.warn(f"checkpoint {path} could not be restored ({type(err).__name__}: {err}); "
-                              f"moving it to {path}.corrupt and trying the previous one", stacklevel=2)
-                self._set_aside(manager, step, path)
+                with _quiet():
+                    state = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+                stored = int(np.asarray(state.step)) if hasattr(state, "step") else step
+                if stored != step:
+                    raise ValueError(f"it holds step {stored}")
+            except Exception as err:  # noqa: BLE001  (orbax/tensorstore raise many types for damaged files)
+                skipped.append((self._path(manager, step), _first_line(err)))
+                if not self.read_only:
+                    self._set_aside(manager, step)
+                continue
+            self._warn(skipped, f"step {step}")
+            return state, step
+        self._warn(skipped, "none (no readable checkpoint left)")
         return None, None
 
-    def _set_aside(self, manager, step: int, path: str) -> None:
+    def _warn(self, skipped, used: str) -> None:
+        for path, why in skipped:
+            aside = f"; moved to {path}.corrupt" if not self.read_only else ""
+            warnings.warn(f"checkpoint {path} could not be restored ({why}){aside}; using {used}", stacklevel=3)
+
+    def _set_aside(self, manager, step: int) -> None:
+        path = self._path(manager, step)
         if jax.process_index() == 0 and os.path.exists(path):
             shutil.rmtree(path + ".corrupt", ignore_errors=True)  # an older damaged copy of the same step
             os.replace(path, path + ".corrupt")
@@ -134,10 +270,10 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until every pending asynchronous write is committed."""
-        self.snapshots.wait_until_finished()
-        self.preemption.wait_until_finished()
+        for m in self._managers:
+            m.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
-        self.snapshots.close()
-        self.preemption.close()
+        for m in self._managers:
+            m.close()

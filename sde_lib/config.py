@@ -5,8 +5,12 @@ file in ``configs/`` starts from it and overrides values, never adds names: :fun
 rejects any field the defaults do not have, a value of the wrong type, and impossible values, each
 with one line naming the field (``config.optim.lr must be > 0, got -1.0``).
 
-Two additions to the agreed schema, both score_sde names: ``model.progressive`` (only 'none') and
-``model.progressive_input`` ('none' | 'residual', NCSN++'s input pyramid). For vector data
+Every list of names a field may take lives with what it names (SDEs in ``sdes``, weightings in
+``losses``, parameterisations in ``parameterization``, networks and embeddings in ``models``, data sets
+in ``data``, schedules and optimisers in ``training``, samplers and their options in the sampler
+registry); the validation here reads those lists. ``sampling.options`` holds the sampler's own options
+(e.g. ``{"eta": 0.5}`` for ddim, ``{"snr": 0.16, "n_steps": 1}`` for pc), validated against the
+registry, so a run's samples are fully described by its config. For vector data
 (``data.dataset='toy'``) ``data.num_channels`` is the dimension D and ``image_size`` is unused.
 """
 
@@ -17,17 +21,10 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from sde_lib.sdes import SDE, SubVPSDE, VESDE, VPSDE
+from sde_lib.sdes import SDE, SDES, VPSDE, sde_class
 
-SDE_NAMES = ("vpsde", "subvpsde", "vesde")
-WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is")
-MODEL_NAMES = ("mlp", "ncsnpp", "ddpmpp")
-UNET_NAMES = ("ncsnpp", "ddpmpp")
-PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
-OPTIMIZERS = ("Adam", "AdamW")
-SCHEDULES = ("constant", "cosine", "linear")
 FLOAT_TUPLES = ("model.input_fourier",)  # tuple fields of numbers; every other tuple field holds ints
-SPLITS = ("train", "test")
+FREE_GROUPS = ("sampling.options",)  # groups whose keys the sampler registry validates, not the schema
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,8 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling = s = ml_collections.ConfigDict()
     s.sampler = "pc"
     s.steps = 1000
-    s.snr = 0.16
-    s.n_steps_each = 1
+    s.options = ml_collections.ConfigDict()  # the sampler's own options, e.g. {"snr": 0.16, "n_steps": 1} for pc
     s.denoise = True
     s.eps = config_dict.placeholder(float)  # None: the SDE's default end time
     s.batch_size = 64
@@ -96,7 +92,6 @@ def default_config() -> ml_collections.ConfigDict:
     m.init_scale = 0.0
     m.resamp_with_conv = True
     m.conditional = True
-    m.progressive = "none"
     m.progressive_input = "none"
     m.hidden = 128
     m.n_layers = 3
@@ -113,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.0
     o.ema_rate = 0.9999
+    o.ema_warmup = True  # decay min(ema_rate, (1 + step) / (10 + step)); runs recorded without it keep False
 
     c.seed = 42
     return c
@@ -127,6 +123,10 @@ def _check_names(cfg, schema, prefix: str):
     """Same field names as the schema, recursively, and values of the schema's types."""
     for name in cfg.keys():
         field = prefix + name
+        if field in FREE_GROUPS:
+            if not isinstance(cfg[name], (ml_collections.ConfigDict, dict)):
+                _fail(field, f"must be a group of fields, got {cfg[name]!r}")
+            continue
         if name not in schema:
             _fail(field, f"is not a known field (known in this group: {', '.join(sorted(schema.keys()))})")
         ref, value = schema[name], cfg[name]
@@ -190,8 +190,6 @@ def validate_sampler(name: str, available) -> str:
 
 def _unet_checks(cfg):
     m = cfg.model
-    if cfg.data.dataset == "toy":
-        _fail("model.name", f"{m.name!r} is an image network, but data.dataset is 'toy' (use 'mlp')")
     if not m.ch_mult or any(v < 1 for v in m.ch_mult):
         _fail("model.ch_mult", f"must be a non-empty tuple of positive ints, got {m.ch_mult!r}")
     for mult in m.ch_mult:
@@ -202,34 +200,44 @@ def _unet_checks(cfg):
     factor = 2 ** (len(m.ch_mult) - 1)
     if cfg.data.image_size % factor:
         _fail("data.image_size", f"must be divisible by 2**(len(model.ch_mult)-1) = {factor}, got {cfg.data.image_size}")
-    _one_of(cfg, "model.resblock_type", ("ddpm", "biggan"))
-    _one_of(cfg, "model.progressive", ("none",))
-    _one_of(cfg, "model.progressive_input", ("none", "residual"))
+    from models.unet import PROGRESSIVE_INPUT, RESBLOCK_TYPES
+
+    _one_of(cfg, "model.resblock_type", RESBLOCK_TYPES)
+    _one_of(cfg, "model.progressive_input", PROGRESSIVE_INPUT)
 
 
 def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     """Check ``config`` once after parsing; return it unchanged or raise one ValueError naming the field.
 
     ``samplers``: the allowed ``sampling.sampler`` names; None reads ``sde_lib.sampling.available_samplers()``.
+    The data fields are checked by the data pipeline's own parser (``sde_lib.data.parse``).
     """
+    import models
+    from models.layers import EMBEDDING_TYPES
+    from sde_lib import sampling
+    from sde_lib.data import SPLITS, parse, toy
+    from sde_lib.losses import WEIGHTINGS
+    from sde_lib.parameterization import PARAMETERIZATIONS
+    from sde_lib.training import OPTIMIZERS, SCHEDULES
+
     _check_names(config, default_config(), "")
     s, d, m = config.sampling, config.data, config.model
 
-    _one_of(config, "training.sde", SDE_NAMES)
+    _one_of(config, "training.sde", SDES)
     _one_of(config, "training.weighting", WEIGHTINGS)
     for f in ("n_iters", "batch_size", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption",
               "n_jitted_steps"):
         _positive(config, "training." + f)
     _in_range(config, "training.eps", 0.0, 1.0, closed_lo=False)
 
-    if samplers is None:
-        from sde_lib.sampling import available_samplers  # lazy: sampling imports much more than configs need
-
-        samplers = available_samplers()
-    validate_sampler(s.sampler, samplers)
-    for f in ("steps", "snr", "batch_size"):
+    validate_sampler(s.sampler, sampling.available_samplers() if samplers is None else samplers)
+    if s.sampler in sampling.available_samplers():
+        try:
+            sampling.registry.get(s.sampler).parse_options(dict(s.options))
+        except ValueError as err:
+            _fail("sampling.options", str(err))
+    for f in ("steps", "batch_size"):
         _positive(config, "sampling." + f)
-    _positive(config, "sampling.n_steps_each", allow_zero=True)
     if s.eps is not None:
         _in_range(config, "sampling.eps", 0.0, 1.0, closed_lo=False)
 
@@ -237,19 +245,11 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
         _positive(config, "eval." + f)
     _one_of(config, "eval.split", SPLITS)
 
-    from sde_lib.data import DATASETS, TOY_NAMES, toy
-
-    _one_of(config, "data.dataset", DATASETS)
-    _one_of(config, "data.toy_name", TOY_NAMES)
     for f in ("image_size", "num_channels"):
         _positive(config, "data." + f)
-    if d.dataset == "toy" and d.num_channels != toy.toy_dim(d.toy_name):
-        _fail("data.num_channels", f"must be {toy.toy_dim(d.toy_name)} (the dimension of toy {d.toy_name!r}), got {d.num_channels}")
-    if d.levels is not None and d.levels < 2:
-        _fail("data.levels", f"must be >= 2, got {d.levels}")
     _positive(config, "data.seed", allow_zero=True)
 
-    _one_of(config, "model.name", MODEL_NAMES)
+    _one_of(config, "model.name", models.MODEL_NAMES)
     _one_of(config, "model.parameterization", PARAMETERIZATIONS)
     _positive(config, "model.sigma_data")
     if not 0 < m.beta_min < m.beta_max:
@@ -266,8 +266,10 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
         _fail("model.input_fourier", f"must hold positive angular frequencies, got {m.input_fourier!r}")
     if m.input_fourier and m.name != "mlp":
         _fail("model.input_fourier", f"is an option of the 'mlp' network, got model.name={m.name!r}")
-    _one_of(config, "model.embedding_type", ("fourier", "positional"))
-    if m.name in UNET_NAMES:
+    _one_of(config, "model.embedding_type", EMBEDDING_TYPES)
+    if m.name in models.UNET_NAMES:
+        if d.dataset == "toy":
+            _fail("model.name", f"{m.name!r} is an image network, but data.dataset is 'toy' (use 'mlp')")
         _unet_checks(config)
 
     _one_of(config, "optim.optimizer", OPTIMIZERS)
@@ -279,16 +281,18 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     _in_range(config, "optim.beta1", 0.0, 1.0)
     _in_range(config, "optim.ema_rate", 0.0, 1.0)
     _positive(config, "seed", allow_zero=True)
+
+    spec = parse(d)  # the data pipeline's own checks (data set, native sizes and levels, toy names)
+    if spec.dataset == "toy" and d.num_channels != toy.toy_dim(spec.toy_name):
+        _fail("data.num_channels", f"must be {toy.toy_dim(spec.toy_name)} (the dimension of toy {spec.toy_name!r}), "
+                                   f"got {d.num_channels}")
     return config
 
 
 def get_sde(config) -> SDE:
     """The forward SDE of ``config.training.sde`` with ``config.model``'s beta / sigma range and N = num_scales."""
     name, m = config.training.sde, config.model
-    if name == "vpsde":
-        return VPSDE(m.beta_min, m.beta_max, N=m.num_scales)
-    if name == "subvpsde":
-        return SubVPSDE(m.beta_min, m.beta_max, N=m.num_scales)
-    if name == "vesde":
-        return VESDE(m.sigma_min, m.sigma_max, N=m.num_scales)
-    raise ValueError(f"config.training.sde must be one of {', '.join(SDE_NAMES)}; got {name!r}")
+    cls = sde_class(name)
+    if issubclass(cls, VPSDE):  # VP and sub-VP
+        return cls(m.beta_min, m.beta_max, N=m.num_scales)
+    return cls(m.sigma_min, m.sigma_max, N=m.num_scales)

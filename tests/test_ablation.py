@@ -13,7 +13,10 @@ import jax
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from sde_lib import ablation, sampling
+from sde_lib.metrics.distances import random_directions
 from sde_lib.oracle import builtin_mixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,9 +53,13 @@ def test_outputs_written_with_actual_nfe(result, tmp_path):
         assert float(r["sec_per_sample"]) > 0
     md = open(paths["md"]).read()
     assert md.count("\n| ode_tsit5 |") == 2 and md.count("\n| euler_maruyama |") == 2
-    with open(paths["png"], "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert json.load(open(paths["meta"]))["n"] == N
+    # Three panels of curves: a wide image, and far from blank (many distinct colours drawn).
+    image = np.asarray(Image.open(paths["png"]).convert("RGB"))
+    assert image.shape[1] > 2 * image.shape[0] and len(np.unique(image.reshape(-1, 3), axis=0)) > 50
+    saved = json.load(open(paths["json"]))
+    assert saved["meta"]["n"] == N and [r["nfe"] for r in saved["rows"]] == [float(r["nfe"]) for r in rows]
+    with pytest.raises(ValueError, match="exists; choose another output"):
+        ablation.write_outputs(result, str(tmp_path / "abl"))  # an earlier result is never overwritten
 
 
 def test_endpoint_error_falls_with_nfe_and_is_blank_for_sde(result):
@@ -67,7 +74,7 @@ def test_distance_floor(result, source):
     assert floor > 0 and std > 0
     # An independent exact set and the near-exact reference ODE samples sit at the floor; a 1.3x
     # dilated exact set does not.
-    theta = ablation.projections(2)
+    theta = random_directions(2, 128)
     k_ref, k_new = jax.random.split(jax.random.PRNGKey(11))
     ref = source.exact_samples(k_ref, N)
     f2, s2 = ablation.distance_floor(source.exact_samples, ref, theta, jax.random.PRNGKey(12), draws=8)

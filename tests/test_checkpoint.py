@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sde_lib import checkpoint as ckpt_lib
-from sde_lib import logging_utils, run, training
+from sde_lib import logging_utils, trainer, training
 from sde_lib.data import Dataset
 from tests.helpers import toy_config
 
@@ -81,7 +81,7 @@ def assert_bit_identical(a, b):
 def reference(tmp_path_factory):
     """An uninterrupted in-process run: (workdir, final state)."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    state = run.train(make_config(), workdir, progress=False)
+    state = trainer.train(make_config(), workdir, progress=False)
     return workdir, jax.device_get(state)
 
 
@@ -145,7 +145,7 @@ def test_damaged_latest_checkpoint_falls_back(reference, tmp_path, damage):
                 with open(path, "wb") as f:
                     f.write(rng.bytes(size))
     with pytest.warns(UserWarning, match="could not be restored"):
-        state = run.train(make_config(), workdir, progress=False)
+        state = trainer.train(make_config(), workdir, progress=False)
     assert os.path.isdir(latest + ".corrupt")
     # Resumed from step 250 and retrained the last 50 updates to the same bits.
     assert_bit_identical(jax.device_get(state), reference[1])
@@ -170,8 +170,8 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
 
     workdir = str(tmp_path / "run")
     last_good = 4 * (bad // 4)  # after `bad` updates; update bad + 1 (1-based) sees the huge row
-    with pytest.raises(run.NonFiniteLossError, match=rf"at step {bad + 1}; .*Last good checkpoint: step {last_good}"):
-        run.train(config, workdir, progress=False)
+    with pytest.raises(trainer.NonFiniteLossError, match=rf"at step {bad + 1}; .*Last good checkpoint: step {last_good}"):
+        trainer.train(config, workdir, progress=False)
     assert max(committed_steps(workdir)) == last_good
     state = saved_state(workdir, last_good)
     assert int(state.step) == last_good

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from sde_lib import ablation, evaluation, run
+from sde_lib import ablation, evaluation, runs, trainer
 from tests.test_configs import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def env(tmp_path_factory):
     config.optim.warmup, config.optim.lr = 5, 3e-3
     config.sampling.steps = 8
     workdir = str(tmp_path_factory.mktemp("digits_run"))
-    run.train(config, workdir, progress=False)
+    trainer.train(config, workdir, progress=False)
     return dict(workdir=workdir, cache=str(tmp_path_factory.mktemp("classifiers")))
 
 
@@ -38,7 +38,7 @@ def rows(env):
 
 
 def test_every_checkpoint_gets_metrics_and_bits_per_dim(env, rows):
-    assert [r["step"] for r in rows] == evaluation.checkpoint_steps(env["workdir"]) == [100, 200, 300]
+    assert [r["step"] for r in rows] == runs.checkpoint_steps(env["workdir"]) == [100, 200, 300]
     for r in rows:
         assert r["n"] == 120 and r["steps"] == 8 and r["nfe"] >= 8 and r["classifier_accuracy"] > 0.95
         assert np.isfinite([r["fd"], r["fd_err"], r["kid"], r["bpd"], r["bpd_err"]]).all() and r["bpd"] > 0

@@ -228,7 +228,6 @@ def test_ddpmpp_cifar10_count():
 
 
 @pytest.mark.parametrize("kw, field", [
-    ({"progressive": "output_skip"}, "progressive"),
     ({"progressive_input": "input_skip"}, "progressive_input"),
     ({"resblock_type": "resnet"}, "resblock_type"),
     ({"embedding_type": "learned"}, "embedding_type"),
@@ -248,20 +247,22 @@ def test_get_model_from_config():
         if k in cfg.model:
             cfg.model[k] = v
     cfg.model.name = "ncsnpp"
-    model = nnx.eval_shape(lambda: models.get_model(cfg, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: models.get_model(cfg.model, (16, 16, 3), nnx.Rngs(0)))
     assert isinstance(model, UNet)
     expect = {k: v for k, v in NCSN.items() if k != "dropout"}
     assert count_params(model) == unet_count(**expect)
 
     cfg.model.update(name="mlp", hidden=8, n_layers=2, embedding_type="positional")
     cfg.data.update(dataset="toy", toy_name="mixture", num_channels=2)
-    mlp = nnx.eval_shape(lambda: models.get_model(cfg, nnx.Rngs(0)))
+    mlp = nnx.eval_shape(lambda: models.get_model(cfg.model, (2,), nnx.Rngs(0)))
     assert isinstance(mlp, MLP) and count_params(mlp) == mlp_count(2, 8, 2, "positional")
-    cfg.data.update(dataset="digits", image_size=8, num_channels=1, levels=17)  # images: D = 8 * 8 * 1
-    digits_mlp = nnx.eval_shape(lambda: models.get_model(cfg, nnx.Rngs(0)))
+    digits_mlp = nnx.eval_shape(lambda: models.get_model(cfg.model, (8, 8, 1), nnx.Rngs(0)))  # D = 8 * 8 * 1
     assert count_params(digits_mlp) == mlp_count(64, 8, 2, "positional")
 
     bad = ml_collections.ConfigDict(cfg.to_dict())
     bad.model.name = "transformer"
     with pytest.raises(ValueError, match="config.model.name"):
-        models.get_model(bad, nnx.Rngs(0))
+        models.get_model(bad.model, (8, 8, 1), nnx.Rngs(0))
+    cfg.model.name = "ddpmpp"
+    with pytest.raises(ValueError, match="square"):
+        models.get_model(cfg.model, (2,), nnx.Rngs(0))

@@ -63,7 +63,9 @@ def test_step_updates_ema_and_counter(single_device_step):
     before = jax.device_get(state)
     batch = next(make_iterator(config, "train", 0))
     after, metrics = step_fn(jax.tree.map(jnp.copy, state), batch)
-    rate = config.optim.ema_rate
+    # The first update's EMA decay is the warm-up's (1 + 0) / (10 + 0), not ema_rate.
+    rate = float(training.ema_decay(before.step, config.optim.ema_rate, config.optim.ema_warmup))
+    assert rate == pytest.approx(0.1)
     assert int(after.step) == 1 and metrics["loss"].shape == (1,) and np.isfinite(metrics["loss"]).all()
     np.testing.assert_array_equal(after.rng, before.rng)
     for e0, p1, e1, p0 in zip(*(jax.tree.leaves(t) for t in (before.ema, after.params, after.ema, before.params))):
@@ -98,7 +100,7 @@ _WORKER = """
 import os, sys
 import jax, numpy as np
 sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
-from sde_lib import run
+from sde_lib import trainer
 from test_training import make_config
 mode, out = sys.argv[1], sys.argv[2]
 if mode.startswith("process"):
@@ -107,9 +109,9 @@ if mode.startswith("process"):
 else:
     runs = [("one_device", jax.devices()[:1]), ("four_devices", jax.devices())]
 for name, devices in runs:
-    state = run.train(make_config(), os.path.join(out, name), devices=devices, progress=False)
+    state = trainer.train(make_config(), os.path.join(out, name), devices=devices, progress=False)
     if jax.process_index() == 0:
-        np.savez(os.path.join(out, name + ".npz"), *[run.to_host(x) for x in jax.tree.leaves(state.params)],
+        np.savez(os.path.join(out, name + ".npz"), *[trainer.to_host(x) for x in jax.tree.leaves(state.params)],
                  devices=len(devices or jax.devices()))
 """
 

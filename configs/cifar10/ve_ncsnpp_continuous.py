@@ -17,12 +17,8 @@ cifar10_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.p
 def get_config():
     config = cifar10_config()
     config.training.sde = "vesde"
-    config.training.reduce_mean = False
-    config.sampling.sampler = "pc"
-    config.data.centered = False
     m = config.model
     m.name = "ncsnpp"
-    m.parameterization = "eps"
     m.embedding_type = "fourier"
     m.progressive_input = "residual"
     config.optim.ema_rate = 0.999

@@ -29,12 +29,22 @@ Shuffles, flips and noise are pure functions of (seed, epoch, example index) (``
 
 from sde_lib.data.pipeline import Dataset, eval_batches, make_iterator
 from sde_lib.data.scaling import bin_width, dequantize, scale, to_uint8, unscale
-from sde_lib.data.sources import DATASETS, FASHION_MNIST_PATH, DataSpec, data_dims, load_split, parse, split_indices
+from sde_lib.data.sources import (
+    DATASETS,
+    FASHION_MNIST_PATH,
+    SPLITS,
+    DataSpec,
+    data_dims,
+    load_split,
+    parse,
+    split_indices,
+)
 from sde_lib.data.toy import TOY_NAMES, toy_density
 
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_PATH",
+    "SPLITS",
     "TOY_NAMES",
     "DataSpec",
     "Dataset",

@@ -47,8 +47,10 @@ def parse(data_cfg) -> DataSpec:
 
     dataset = get("dataset")
     if dataset not in DATASETS:
-        raise ValueError(f"config.data.dataset={dataset!r} is not one of {DATASETS}")
+        raise ValueError(f"config.data.dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     size, channels, levels = get("image_size"), get("num_channels"), get("levels")
+    if levels is not None and int(levels) < 2:
+        raise ValueError(f"config.data.levels must be >= 2, got {levels}")
     if dataset in _NATIVE:
         fields = ("image_size", "num_channels", "levels")
         for field, given, native in zip(fields, (size, channels, levels), _NATIVE[dataset]):
@@ -61,14 +63,10 @@ def parse(data_cfg) -> DataSpec:
         if levels not in (None, 256):
             raise ValueError(f"config.data.levels={levels} but image files have 256 levels")
         levels = 256
-    if levels is not None and int(levels) < 2:
-        raise ValueError(f"config.data.levels={levels} must be >= 2")
     path = get("path", FASHION_MNIST_PATH if dataset == "fashion_mnist" else None)
-    if dataset in ("cifar10", "npz", "folder") and not path:
-        raise ValueError(f"config.data.path is required for dataset={dataset!r}")
     toy_name = get("toy_name", "mixture") if dataset == "toy" else None
     if toy_name is not None and toy_name not in toy.TOY_NAMES:
-        raise ValueError(f"config.data.toy_name={toy_name!r} is not one of {toy.TOY_NAMES}")
+        raise ValueError(f"config.data.toy_name must be one of {', '.join(toy.TOY_NAMES)}; got {toy_name!r}")
     return DataSpec(
         dataset, toy_name, path,
         None if size is None else int(size), None if channels is None else int(channels),
@@ -164,6 +162,8 @@ def load_split(data_cfg, split: str) -> np.ndarray:
     spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}")
+    if spec.dataset in ("cifar10", "npz", "folder") and not spec.path:
+        raise ValueError(f"config.data.path is required for dataset={spec.dataset!r} (where the data files are)")
     if spec.dataset == "toy":
         return _check(toy.toy_samples(spec.toy_name, spec.seed, split, toy.SIZES[split]), spec, f"toy:{spec.toy_name}")
     if spec.dataset == "digits":

@@ -1,0 +1,76 @@
+"""What the command-line scripts share: one-line errors instead of stack traces.
+
+* :func:`absl_flags_parser`: parses absl flags (with ``ml_collections`` config files and ``--config.x.y``
+  overrides); a missing or broken config file or an unknown field ends in one line, with the closest
+  known field names as suggestions.
+* :func:`exit_on_user_error`: runs a script's body and turns the errors a user can cause (bad values,
+  missing files, a run folder in use or of another config, a non-finite loss) into ``error: ...`` and
+  exit status 1; warnings print as ``warning: ...`` on one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import runpy
+import sys
+
+
+def _config_paths(config, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        out.append(prefix + k)
+        if hasattr(v, "items"):
+            out += _config_paths(v, f"{prefix}{k}.")
+    return out
+
+
+def _diagnose(argv: list[str], flag: str = "config") -> str | None:
+    """A one-line explanation of why ``argv``'s config file or ``--config.*`` overrides fail, if we can tell."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    if path is None:
+        return None
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        return f"config file {file!r} not found (--{flag})"
+    try:
+        config = runpy.run_path(file)["get_config"]()
+    except Exception as err:  # noqa: BLE001  (any error inside the user's config file)
+        return f"config file {file!r} cannot be loaded: {type(err).__name__}: {err}"
+    known = _config_paths(config)
+    for arg in argv:
+        if arg.startswith(f"--{flag}."):
+            field = arg[len(flag) + 3:].split("=", 1)[0]
+            if field not in known and not any(field.startswith(g + ".") for g in ("sampling.options",)):
+                close = difflib.get_close_matches(field, known, n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                return f"--{flag}.{field}: config.{field} is not a known field{hint}"
+    return None
+
+
+def absl_flags_parser(argv: list[str]):
+    """absl's flag parsing, with one-line errors (``app.run(main, flags_parser=absl_flags_parser)``)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        message = _diagnose(argv) or str(err).splitlines()[0]
+    except Exception as err:  # noqa: BLE001  (config_flags raises AttributeError, KeyError, IOError, ...)
+        message = _diagnose(argv) or f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    sys.exit(f"error: {message}")
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Turn the errors a user's input can cause into ``error: <one line>`` and exit status 1."""
+    import warnings
+
+    from sde_lib.trainer import NonFiniteLossError
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
+        sys.exit(f"error: {err}")
