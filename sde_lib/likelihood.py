@@ -26,6 +26,7 @@ Shapes: ``x`` is ``(B, *dims)`` with D = prod(dims); log-densities are ``(B,)``.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import diffrax
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sde_lib.sampling.api import check_score_shape
 from sde_lib.sdes import SDE, per_sample_keys
 from sde_lib.step_control import CountingPIDController
 
@@ -173,13 +175,16 @@ def _solve(x, key, offset, sde, score_fn, *, trace, probe, n_probes, rtol, atol,
         # dt0=None: the controller's Hairer-Wanner first step (2 counted evaluations); a fixed 0.01 (T - eps)
         # was rejected 3-4 times near eps, ~25 evaluations of 7-stage attempts (15% of a smooth network's solve).
         dt0=None, y0=(x, jnp.zeros(x.shape[:1], x.dtype)), stepsize_controller=controller, max_steps=max_steps,
-        saveat=diffrax.SaveAt(t1=True, controller_state=True),
+        saveat=diffrax.SaveAt(t1=True, controller_state=True), throw=False,
     )
     z, delta = sol.ys[0][-1], sol.ys[1][-1]
     prior = sde.prior_logp(z)
     nfe = sol.controller_state[1]
-    return prior + delta, {
-        "nfe": jnp.full(x.shape[:1], nfe), "z": z, "prior_logp": prior, "delta_logp": delta,
+    logp = prior + delta
+    # A failed solve (a NaN score shrinks the steps until max_steps) is reported per row, not raised.
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.isfinite(logp)
+    return jnp.where(ok, logp, jnp.nan), {
+        "nfe": jnp.full(x.shape[:1], nfe), "ok": ok, "z": z, "prior_logp": prior, "delta_logp": delta,
         "num_steps": jnp.full(x.shape[:1], sol.stats["num_steps"]),
         "num_rejected_steps": jnp.full(x.shape[:1], sol.stats["num_rejected_steps"]),
     }
@@ -237,21 +242,44 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
 
     Returns:
       logp ``(B,)`` and info: ``nfe`` ``(B,)`` exact score_fn evaluations spent on each example's
-      solve, ``z`` ``(B, *dims)`` the latent at T, ``prior_logp`` and ``delta_logp`` ``(B,)`` with
+      solve, ``ok`` ``(B,)`` (the solve succeeded and log p is finite; NaN where not), ``z``
+      ``(B, *dims)`` the latent at T, ``prior_logp`` and ``delta_logp`` ``(B,)`` with
       logp = prior_logp + delta_logp, ``num_steps`` and ``num_rejected_steps`` ``(B,)``.
+
+    Non-finite inputs raise a ValueError naming the rows; a score function of the wrong output shape
+    raises naming the shapes; a failed solve (e.g. a NaN score) warns once and is marked in ``ok``.
     """
     if jnp.ndim(x) < 2:
         raise ValueError(f"x must have shape (B, *dims), got {jnp.shape(x)}")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
+    _check_inputs(score_fn, x)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
     outs = [out for _, out in _chunked_solves(sde, score_fn, x, key, batch_size, options)]
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    logp, info = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    _warn_failed(info["ok"])
+    return logp, info
+
+
+def _check_inputs(score_fn, x) -> None:
+    """Eager checks before a solve: the score's output shape, and finite inputs (a NaN row would stall
+    the shared step control of the whole batch)."""
+    check_score_shape(score_fn, tuple(x.shape))
+    if not isinstance(x, jax.core.Tracer):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1))
+        if bad.size:
+            raise ValueError(f"x has non-finite values in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
+
+
+def _warn_failed(ok) -> None:
+    if not isinstance(ok, jax.core.Tracer) and not bool(jnp.all(ok)):
+        warnings.warn(f"log_likelihood(): the solve failed for {int(jnp.sum(~ok))} of {ok.size} examples (a NaN/Inf "
+                      f"score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
 
 
 def _chunked_solves(sde, score_fn, x, key, batch_size, options):
@@ -351,18 +379,22 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.
     options = _solve_options(sde, **options)
-    draws, nfes = [], []
+    _check_inputs(score_fn, jnp.zeros((1, *k.shape[1:]), jnp.float32))
+    draws, nfes, oks = [], [], []
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
         k_deq, k_probe = jax.random.split(jax.random.fold_in(key, j))
         x = dequantize(k_deq, k, levels, (lo, hi))
-        row_bpd, row_nfe = [], []
+        row_bpd, row_nfe, row_ok = [], [], []
         for rows, (logp, info) in _chunked_solves(sde, score_fn, x, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))
             row_nfe.append(info["nfe"])
+            row_ok.append(info["ok"])
             bar.update(rows)
         draws.append(jnp.concatenate(row_bpd))
         nfes.append(jnp.concatenate(row_nfe))
+        oks.append(jnp.concatenate(row_ok))
     bar.close()
-    bpd_draws = jnp.stack(draws)
-    return jnp.mean(bpd_draws, axis=0), {"bpd_draws": bpd_draws, "nfe": jnp.stack(nfes)}
+    bpd_draws, ok = jnp.stack(draws), jnp.all(jnp.stack(oks), axis=0)
+    _warn_failed(ok)
+    return jnp.mean(bpd_draws, axis=0), {"bpd_draws": bpd_draws, "nfe": jnp.stack(nfes), "ok": ok}

@@ -13,6 +13,12 @@ Two ways of running a solve (``registry.Sampler`` says which):
 adaptive ones count attempted steps (``step_control.CountingPIDController``). An optional Tweedie
 denoising step adds one.
 
+Failures are reported, not hidden: the score function's output shape is checked once at trace time
+(a ValueError naming both shapes), and ``info["ok"]`` ``(B,)`` says which samples are finite and, for
+adaptive samplers, whose solve succeeded (a NaN score makes an adaptive solve shrink its steps until
+``max_steps``; the row is then marked, not raised on). Called outside ``jax.jit``, :func:`sample` also
+warns in one line when any sample is not ok.
+
 Conditioning: with ``cond`` (a pytree whose leaves have leading dimension B) the score is called as
 ``score_fn(x, t, cond)`` with the rows of ``cond`` that belong to the rows of ``x``; samplers never look
 inside a condition.
@@ -20,6 +26,7 @@ inside a condition.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import diffrax
@@ -98,7 +105,8 @@ def sample(
     Returns:
       ``(x, info)``: samples of ``shape`` at t = eps (or denoised); ``info["nfe"]`` (int, or ``(B,)``
       array for adaptive samplers: score evaluations, i.e. network calls, per sample path),
-      ``info["ts"]`` (the time grid, fixed-step samplers), and ``info["trajectory"] = (ts, ys)`` when asked.
+      ``info["ok"]`` ``(B,)`` bool (finite, and the adaptive solve succeeded), ``info["ts"]`` (the time
+      grid, fixed-step samplers), and ``info["trajectory"] = (ts, ys)`` when asked.
     """
     spec = registry.get(sampler)
     shape = tuple(int(s) for s in shape)
@@ -116,12 +124,32 @@ def sample(
     opts = spec.parse_options(options)
     if not spec.is_adaptive:
         check_time_grid(sde, opts["time_grid"], int(steps), eps)
-    x, nfe, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
-                                   opts, cond)
-    info = {"nfe": nfe, "ts": ts}
+    check_score_shape(score_fn, shape, cond)
+    x, nfe, ok, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
+                                       opts, cond)
+    info = {"nfe": nfe, "ok": ok, "ts": ts}
     if traj is not None:
         info["trajectory"] = traj
+    if not isinstance(ok, jax.core.Tracer) and not bool(jnp.all(ok)):
+        bad = int(jnp.sum(~ok))
+        warnings.warn(f"sample(): {bad} of {shape[0]} samples of {sampler!r} are not finite or their solve failed "
+                      f"(a NaN/Inf score or input, or an adaptive solve reaching max_steps); see info['ok']",
+                      stacklevel=2)
     return x, info
+
+
+def check_score_shape(score_fn: ScoreFn, shape: tuple[int, ...], cond=None) -> None:
+    """Trace ``score_fn`` once on ``shape`` (no computation) and raise one ValueError if its output is not
+    an array of ``shape`` (a wrong shape would otherwise be broadcast silently)."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    t = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
+    try:
+        out = jax.eval_shape(bind_score(score_fn, cond), x, t)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"score_fn cannot be called on x of shape {shape}: {str(err).splitlines()[0]}") from None
+    if not hasattr(out, "shape") or tuple(out.shape) != tuple(shape):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(f"score_fn returned {got} for x of shape {shape}; it must return the score, of x's shape")
 
 
 @eqx.filter_jit
@@ -131,16 +159,18 @@ def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, o,
     x = sde.prior_sampling(k_prior, shape) if x_init is None else jnp.asarray(x_init)
     row_keys = per_sample_keys(k_noise, shape[0])
     if spec.is_adaptive:
-        x, nfe, traj = spec.adaptive(sde, score_fn, x, row_keys, cond, eps, o)
+        x, nfe, traj, solved = spec.adaptive(sde, score_fn, x, row_keys, cond, eps, o)
         ts = None
     else:
         ts = resolve_time_grid(sde, o["time_grid"], steps, eps, o["rho"])
         x, nfe, traj = _run_fixed(spec, sde, bind_score(score_fn, cond), x, row_keys, steps, ts, o)
+        solved = jnp.ones(shape[:1], bool)
     if denoise:
         t = jnp.full(shape[:1], eps, x.dtype)
         x = tweedie_x0(sde, x, t, bind_score(score_fn, cond)(x, t))
         nfe = nfe + 1
-    return x, nfe, ts, traj
+    ok = solved & jnp.all(jnp.isfinite(x.reshape(shape[0], -1)), axis=1)
+    return x, nfe, ok, ts, traj
 
 
 def saveat(save_trajectory) -> diffrax.SaveAt:

@@ -32,11 +32,11 @@ def _ode_adaptive(sde, score_fn, x, row_keys, cond, eps, o):
         score = bind_score(score_fn, c)
         term = diffrax.ODETerm(lambda t, y, args: sde.reverse_drift(y[None], t, score(y[None], t))[0])
         sol = diffrax.diffeqsolve(term, solver, t0=sde.T, t1=eps, dt0=-dt0, y0=y0, stepsize_controller=controller,
-                                  saveat=save, max_steps=int(o["max_steps"]))
-        return sol.ys[-1], sol.controller_state[1], (sol.ts, sol.ys)
+                                  saveat=save, max_steps=int(o["max_steps"]), throw=False)
+        return sol.ys[-1], sol.controller_state[1], (sol.ts, sol.ys), sol.result == diffrax.RESULTS.successful
 
-    ys, nfe, traj = per_row(one, x, row_keys, cond)
-    return ys, nfe, (traj if o["save_trajectory"] else None)
+    ys, nfe, traj, solved = per_row(one, x, row_keys, cond)
+    return ys, nfe, (traj if o["save_trajectory"] else None), solved
 
 
 for _name, _cls, _nfe, _start in (("ode_euler", diffrax.Euler, 1, 0), ("ode_heun", diffrax.Heun, 2, 0),

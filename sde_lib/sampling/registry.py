@@ -7,8 +7,9 @@ its own validated :class:`Option` s, and how it runs:
   ``ODETerm(score)`` (our own solvers, ``base.ScoreSolver``);
 * ``terms="probability_flow"``: a diffrax solver on the probability-flow ODE drift;
 * ``terms="reverse_sde"``: a diffrax solver on the reverse SDE with a per-sample Brownian path;
-* ``adaptive(sde, score, x, row_keys, eps, options) -> (x, nfe (B,), trajectory)``: an error-controlled
-  solve per sample (``solver`` unused, no grid).
+* ``adaptive(sde, score_fn, x, row_keys, cond, eps, options) -> (x, nfe (B,), trajectory, solved (B,))``:
+  an error-controlled solve per sample (``solver`` unused, no grid); ``solved`` is False where a row's
+  solve failed (e.g. reached ``max_steps``).
 
 Adding a sampler is one solver class and one :func:`register` call in its module; listings
 (``available_samplers``, the ablation, the README table) and NFE arithmetic read the registry::

@@ -98,11 +98,11 @@ def _sde_adaptive(sde, score_fn, x, row_keys, cond, eps, o):
         )
         terms = diffrax.MultiTerm(diffrax.ODETerm(lambda s, y, args: -drift(sde.T - s, y)), noise)
         sol = diffrax.diffeqsolve(terms, _ADAPTIVE_SDE[o["solver"]](), t0=0.0, t1=span, dt0=dt0, y0=y0,
-                                  stepsize_controller=controller, saveat=save, max_steps=int(o["max_steps"]))
-        return sol.ys[-1], sol.controller_state[1], (sde.T - sol.ts, sol.ys)
+                                  stepsize_controller=controller, saveat=save, max_steps=int(o["max_steps"]), throw=False)
+        return sol.ys[-1], sol.controller_state[1], (sde.T - sol.ts, sol.ys), sol.result == diffrax.RESULTS.successful
 
-    ys, nfe, traj = per_row(one, x, row_keys, cond)
-    return ys, nfe, (traj if o["save_trajectory"] else None)
+    ys, nfe, traj, solved = per_row(one, x, row_keys, cond)
+    return ys, nfe, (traj if o["save_trajectory"] else None), solved
 
 
 register(Sampler("euler_maruyama", family="sde", doc="diffrax `Euler` on the reverse SDE, per-sample Brownian path",
