@@ -1,9 +1,11 @@
 """Score networks in flax nnx. They map (x, c_noise) to an output of x's shape and know nothing about SDEs
 (nor about the rest of the framework: this package imports nothing from ``sde_lib``).
 
-Every model is called as ``model(x, c_noise, *, train=False, key=None)`` with ``x`` of shape
-``(B, *dims)`` and ``c_noise`` of shape ``(B,)`` (the conditioning the parameterisation adapter picks);
-``train=True`` with a PRNG ``key`` turns dropout on. Models hold parameters only (no RNG state), so the
+Every model is called as ``model(x, c_noise, cond=None, *, train=False, key=None)`` with ``x`` of shape
+``(B, *dims)``, ``c_noise`` of shape ``(B,)`` (the conditioning the parameterisation adapter picks) and
+an optional condition dict: ``{"label": (B,) int}`` (class embedding; index ``num_classes`` is the null
+class), ``{"concat": (B, *spatial, C)}`` (channel concatenation), ``{"context": (B, L, C),
+"context_mask": (B, L)}`` (cross-attention); ``train=True`` with a PRNG ``key`` turns dropout on. Models hold parameters only (no RNG state), so the
 functional pattern is ``graphdef, params = nnx.split(model)`` and ``nnx.merge(graphdef, params)``.
 """
 
@@ -33,7 +35,8 @@ def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
     if m.name == "mlp":
         return MLP(math.prod(dims), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
                    fourier_scale=m.fourier_scale, init_scale=m.init_scale, dropout=m.dropout,
-                   input_fourier=tuple(m.get("input_fourier", ())), embed_dim=m.get("embed_dim") or None, rngs=rngs)
+                   input_fourier=tuple(m.get("input_fourier", ())), embed_dim=m.get("embed_dim") or None,
+                   num_classes=m.num_classes, concat_dim=m.concat_channels * math.prod(dims[:-1]), rngs=rngs)
     if m.name in UNET_NAMES:
         if len(dims) != 3 or dims[0] != dims[1]:
             raise ValueError(f"config.model.name={m.name!r} needs square (H, W, C) images, got examples of shape {dims}")
@@ -42,7 +45,8 @@ def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
                     resblock_type=m.resblock_type, embedding_type=m.embedding_type,
                     fourier_scale=m.fourier_scale, skip_rescale=m.skip_rescale, init_scale=m.init_scale,
                     resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
-                    progressive_input=m.progressive_input, rngs=rngs)
+                    progressive_input=m.progressive_input, num_classes=m.num_classes,
+                    concat_channels=m.concat_channels, rngs=rngs)
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 EMBEDDING_TYPES = ("fourier", "positional")
+COND_KEYS = ("label", "context", "context_mask", "concat")
 
 
 def default_init(scale: float = 1.0):
@@ -84,3 +85,43 @@ def embedding_dim(embedding_type: str, nf: int) -> int:
     if embedding_type not in EMBEDDING_TYPES:
         raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, got {embedding_type!r}")
     return nf if embedding_type == "positional" else 2 * nf
+
+
+def check_cond(cond, *, num_classes: int = 0, concat_channels: int = 0, context_dim: int = 0,
+               who: str = "model") -> dict:
+    """Validate a condition dict against what a network was built for; returns it (``{}`` for None).
+
+    ``label`` needs ``num_classes > 0`` (values 0..num_classes, the last the null class), ``concat`` needs
+    ``concat_channels > 0``, ``context`` / ``context_mask`` need ``context_dim > 0``. Unknown keys raise.
+    """
+    cond = {} if cond is None else dict(cond)
+    unknown = set(cond) - set(COND_KEYS)
+    if unknown:
+        raise ValueError(f"{who}: unknown condition key(s) {sorted(unknown)}; known: {COND_KEYS}")
+    for key, size, field in (("label", num_classes, "num_classes"), ("concat", concat_channels, "concat_channels"),
+                             ("context", context_dim, "context_dim")):
+        if key in cond and not size:
+            raise ValueError(f"{who}: got cond[{key!r}] but the network was built with {field}=0")
+    if "context_mask" in cond and "context" not in cond:
+        raise ValueError(f"{who}: cond['context_mask'] without cond['context']")
+    return cond
+
+
+class LabelEmbedding(nnx.Module):
+    """A learned vector per class, added to the noise features: ``(B,)`` int labels -> ``(B, dim)``.
+
+    Row ``num_classes`` is the null class (the unconditional branch of classifier-free guidance); a
+    missing label means the null class, so ``model(x, c)`` of a conditional network is unconditional.
+    """
+
+    def __init__(self, num_classes: int, dim: int, rngs: nnx.Rngs):
+        self.num_classes = int(num_classes)
+        self.table = nnx.Embed(self.num_classes + 1, dim, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
+
+    def __call__(self, label, batch: int) -> jax.Array:
+        if label is None:
+            label = jnp.full((batch,), self.num_classes, jnp.int32)
+        label = jnp.asarray(label)
+        if label.shape != (batch,) or not jnp.issubdtype(label.dtype, jnp.integer):
+            raise ValueError(f"cond['label'] must be ({batch},) integers, got {label.dtype} {label.shape}")
+        return self.table(label)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.layers import embed_noise, embedding_dim, linear
+from models.layers import LabelEmbedding, check_cond, embed_noise, embedding_dim, linear
 
 
 class MLP(nnx.Module):
@@ -37,7 +37,8 @@ class MLP(nnx.Module):
 
     def __init__(self, dim: int, *, hidden: int = 128, n_layers: int = 3, embedding_type: str = "fourier",
                  fourier_scale: float = 16.0, init_scale: float = 0.0, dropout: float = 0.0,
-                 input_fourier: tuple[float, ...] = (), embed_dim: int | None = None, rngs: nnx.Rngs):
+                 input_fourier: tuple[float, ...] = (), embed_dim: int | None = None, num_classes: int = 0,
+                 concat_dim: int = 0, rngs: nnx.Rngs):
         for name, value in (("dim", dim), ("hidden", hidden), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -48,23 +49,37 @@ class MLP(nnx.Module):
         self.dim, self.embedding_type, self.fourier_scale, self.hidden = dim, embedding_type, float(fourier_scale), hidden
         self.embed_dim = emb = int(embed_dim or hidden)
         self.embed = linear(embedding_dim(embedding_type, emb), emb, rngs)
-        widths = [dim * (1 + 2 * len(self.input_fourier))] + [hidden] * n_layers
+        self.label = LabelEmbedding(num_classes, embedding_dim(embedding_type, emb), rngs) if num_classes else None
+        self.num_classes, self.concat_dim = int(num_classes), int(concat_dim)
+        widths = [dim * (1 + 2 * len(self.input_fourier)) + self.concat_dim] + [hidden] * n_layers
         self.layers = nnx.List([linear(a, b, rngs) for a, b in zip(widths[:-1], widths[1:])])
         self.cond = nnx.List([linear(emb, hidden, rngs, use_bias=False) for _ in range(n_layers)])
         self.out = linear(hidden, dim, rngs, scale=init_scale)
 
-    def __call__(self, x: jax.Array, c_noise: jax.Array, *, train: bool = False, key: jax.Array | None = None):
+    def __call__(self, x: jax.Array, c_noise: jax.Array, cond=None, *, train: bool = False,
+                 key: jax.Array | None = None):
         """(B, *dims), (B,) -> (B, *dims). ``train=True`` applies dropout with masks drawn from ``key``."""
+        cond = check_cond(cond, num_classes=self.num_classes, concat_channels=self.concat_dim, who="MLP")
         if train and self.dropout.rate > 0 and key is None:
             raise ValueError("MLP: train=True with dropout needs a PRNG key")
         if math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must have {self.dim} values per example, got shape {x.shape}")
-        e = jax.nn.silu(self.embed(embed_noise(c_noise, self.embedding_type, self.embed_dim, self.fourier_scale)))
+        feats = embed_noise(c_noise, self.embedding_type, self.embed_dim, self.fourier_scale)
+        if self.label is not None:
+            feats = feats + self.label(cond.get("label"), x.shape[0])
+        e = jax.nn.silu(self.embed(feats))
         h = x.reshape(x.shape[0], self.dim)
         if self.input_fourier:
             w = jnp.asarray(self.input_fourier, h.dtype)
             phase = (h[:, None, :] * w[:, None]).reshape(h.shape[0], -1)  # (B, K D)
             h = jnp.concatenate([h, jnp.sin(phase), jnp.cos(phase)], axis=-1)
+        if self.concat_dim:
+            if "concat" not in cond:
+                raise ValueError("MLP: built with concat_dim > 0, so cond['concat'] is required")
+            extra = jnp.asarray(cond["concat"], h.dtype).reshape(x.shape[0], -1)
+            if extra.shape[1] != self.concat_dim:
+                raise ValueError(f"cond['concat'] must hold {self.concat_dim} values per example, got {extra.shape[1]}")
+            h = jnp.concatenate([h, extra], axis=-1)
         for i, (layer, cond) in enumerate(zip(self.layers, self.cond)):
             update = jax.nn.silu(layer(h) + cond(e))
             if train and self.dropout.rate > 0:

@@ -24,7 +24,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.layers import conv3x3, embed_noise, embedding_dim, group_norm, linear, num_groups
+from models.layers import (
+    LabelEmbedding,
+    check_cond,
+    conv3x3,
+    embed_noise,
+    embedding_dim,
+    group_norm,
+    linear,
+    num_groups,
+)
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE_INPUT = ("none", "residual")
@@ -142,14 +151,18 @@ class UNet(nnx.Module):
     ``num_res_blocks + 1`` blocks on the concatenated skip features, attention, upsampling. Output:
     GN-SiLU-conv3x3 with default_init(init_scale). Channels at level i: ``nf * ch_mult[i]``;
     conditioning: embedding -> Dense(4 nf) -> SiLU -> Dense(4 nf), only if ``conditional``.
+
+    ``cond``: with ``num_classes`` > 0 a learned class embedding is added to the noise features
+    (``cond["label"]``, the null class ``num_classes`` when absent; needs ``conditional``); with
+    ``concat_channels`` > 0, ``cond["concat"]`` ``(B, H, W, concat_channels)`` is concatenated to the input.
     """
 
     def __init__(self, *, image_size: int, num_channels: int, nf: int = 128, ch_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
                  resblock_type: str = "biggan", embedding_type: str = "positional", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, init_scale: float = 0.0, resamp_with_conv: bool = True,
-                 conditional: bool = True, progressive_input: str = "none",
-                 rngs: nnx.Rngs):
+                 conditional: bool = True, progressive_input: str = "none", num_classes: int = 0,
+                 concat_channels: int = 0, rngs: nnx.Rngs):
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         if resblock_type not in RESBLOCK_TYPES:
             raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got {resblock_type!r}")
@@ -169,6 +182,10 @@ class UNet(nnx.Module):
         temb_dim = 4 * nf if conditional else None
         self.temb0 = linear(embedding_dim(embedding_type, nf), 4 * nf, rngs) if conditional else None
         self.temb1 = linear(4 * nf, 4 * nf, rngs) if conditional else None
+        if num_classes and not conditional:
+            raise ValueError("num_classes > 0 needs conditional=True (the label joins the noise embedding)")
+        self.label = LabelEmbedding(num_classes, embedding_dim(embedding_type, nf), rngs) if num_classes else None
+        self.num_classes, self.concat_channels = int(num_classes), int(concat_channels)
 
         counter = itertools.count()  # block indices seed the per-block dropout keys
 
@@ -185,8 +202,8 @@ class UNet(nnx.Module):
             return Resample(c, c, up=up, with_conv=resamp_with_conv, rngs=rngs)
 
         n_levels = len(ch_mult)
-        self.conv_in = conv3x3(num_channels, nf, rngs)
-        skips, c, c_pyr, down = [nf], nf, num_channels, []
+        self.conv_in = conv3x3(num_channels + self.concat_channels, nf, rngs)
+        skips, c, c_pyr, down = [nf], nf, num_channels + self.concat_channels, []
         for i, mult in enumerate(ch_mult):
             res = image_size // 2**i
             blocks, attns = [], []
@@ -220,15 +237,27 @@ class UNet(nnx.Module):
         self.norm_out = group_norm(c, rngs)
         self.conv_out = conv3x3(c, num_channels, rngs, scale=init_scale)
 
-    def __call__(self, x: jax.Array, c_noise: jax.Array, *, train: bool = False, key: jax.Array | None = None):
+    def __call__(self, x: jax.Array, c_noise: jax.Array, cond=None, *, train: bool = False,
+                 key: jax.Array | None = None):
         """(B, H, W, C), (B,) -> (B, H, W, C). ``train=True`` with dropout > 0 needs a PRNG ``key``."""
+        cond = check_cond(cond, num_classes=self.num_classes, concat_channels=self.concat_channels, who="UNet")
         if train and key is None and self.mid.blocks[0].dropout.rate > 0:
             raise ValueError("key is required when train=True and dropout > 0")
         key = key if train else None
         temb = None
         if self.temb0 is not None:
             e = embed_noise(c_noise, self.embedding_type, self.nf, self.fourier_scale)
+            if self.label is not None:
+                e = e + self.label(cond.get("label"), x.shape[0])
             temb = self.temb1(jax.nn.silu(self.temb0(e)))
+        if self.concat_channels:
+            if "concat" not in cond:
+                raise ValueError("UNet: built with concat_channels > 0, so cond['concat'] is required")
+            extra = jnp.asarray(cond["concat"], x.dtype)
+            if extra.shape != (*x.shape[:3], self.concat_channels):
+                raise ValueError(f"cond['concat'] must have shape {(*x.shape[:3], self.concat_channels)}, "
+                                 f"got {extra.shape}")
+            x = jnp.concatenate([x, extra], axis=-1)
 
         def res(b, h):
             return b(h, temb, train, key)

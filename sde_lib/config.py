@@ -44,6 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     t.n_jitted_steps = 1
     t.snapshot_sampling = True
     t.eps = 1e-5  # smallest training time
+    t.cond_drop_prob = 0.1  # conditional models: share of examples trained on the null condition (CFG)
+    t.compute_dtype = "float32"  # "bfloat16": mixed precision (bf16 compute; float32 parameters, optimiser, loss)
 
     c.sampling = s = ml_collections.ConfigDict()
     s.sampler = "pc"
@@ -97,6 +99,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.n_layers = 3
     m.input_fourier = ()  # MLP: angular frequencies of sin/cos input features (VDM); () for none
     m.embed_dim = 0  # MLP: width of the noise embedding; 0 = hidden
+    m.num_classes = 0  # > 0: class-conditional (cond["label"]); index num_classes is the null class
+    m.concat_channels = 0  # > 0: cond["concat"] channels concatenated to the input
+    m.remat = False  # U-Net: recompute each level's activations in the backward pass (nnx.remat)
 
     c.optim = o = ml_collections.ConfigDict()
     o.optimizer = "Adam"
@@ -262,6 +267,12 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
         _positive(config, "model." + f)
     _positive(config, "model.init_scale", allow_zero=True)
     _positive(config, "model.embed_dim", allow_zero=True)
+    _positive(config, "model.num_classes", allow_zero=True)
+    _positive(config, "model.concat_channels", allow_zero=True)
+    _in_range(config, "training.cond_drop_prob", 0.0, 1.0)
+    _one_of(config, "training.compute_dtype", ("float32", "bfloat16"))
+    if m.num_classes and m.name in models.UNET_NAMES and not m.conditional:
+        _fail("model.num_classes", "needs model.conditional=True (the label joins the noise embedding)")
     if any(not (math.isfinite(w) and w > 0) for w in m.input_fourier):
         _fail("model.input_fourier", f"must hold positive angular frequencies, got {m.input_fourier!r}")
     if m.input_fourier and m.name != "mlp":
