@@ -39,6 +39,7 @@ import numpy as np
 
 from sde_lib import cli, report
 from sde_lib import likelihood as L
+from sde_lib.data.scaling import quantize
 from sde_lib.oracle import builtin_mixture
 from sde_lib.sdes import sde_class
 
@@ -79,7 +80,7 @@ def build(a):
         if a.n < 1:
             raise ValueError(f"--n must be >= 1, got {a.n}")
         x = gmm.sample(jax.random.PRNGKey(a.seed), a.n)
-        data = np.asarray(L.quantize(x, a.levels, scale))
+        data = quantize(np.asarray(x), a.levels, *scale)
         source = f"{a.n} draws of {a.mixture} quantised"
     else:
         data = load_npz(a.data, a.split)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sde_lib.data.scaling import dequantize_interval
 from sde_lib.sampling.api import check_score_shape
 from sde_lib.sdes import SDE, per_sample_keys
 from sde_lib.step_control import CountingPIDController
@@ -308,25 +309,6 @@ def _check_discrete(levels, scale):
     return int(levels), lo, hi
 
 
-def quantize(x: jax.Array, levels: int, scale=(0.0, 1.0)) -> jax.Array:
-    """Continuous ``x`` -> integer bins 0..levels-1 of the tiling of ``[lo, hi]`` (clipped at the ends)."""
-    levels, lo, hi = _check_discrete(levels, scale)
-    k = jnp.floor((jnp.asarray(x) - lo) / (hi - lo) * levels)
-    return jnp.clip(k, 0, levels - 1).astype(jnp.int32)
-
-
-def dequantize(key: jax.Array, k: jax.Array, levels: int, scale=(0.0, 1.0)) -> jax.Array:
-    """Uniform dequantisation  x = lo + (hi - lo) (k + u) / L,  u ~ U[0, 1)^D, of integers ``k`` ``(B, *dims)``.
-
-    The L bins [lo + (hi - lo) k / L, lo + (hi - lo)(k + 1) / L) tile [lo, hi]; row i's noise depends
-    on (key, i) only. Returns float32 ``(B, *dims)``.
-    """
-    levels, lo, hi = _check_discrete(levels, scale)
-    k = jnp.asarray(k)
-    u = jax.vmap(lambda kk: jax.random.uniform(kk, k.shape[1:]))(per_sample_keys(key, k.shape[0]))
-    return lo + (hi - lo) * (k.astype(jnp.float32) + u) / levels
-
-
 def bpd_offset(levels: int, scale=(0.0, 1.0)) -> float:
     """log2(L / (hi - lo)): the bits/dim to add to -log2 p(x) / D (see :func:`bits_per_dim`)."""
     levels, lo, hi = _check_discrete(levels, scale)
@@ -384,7 +366,8 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
         k_deq, k_probe = jax.random.split(jax.random.fold_in(key, j))
-        x = dequantize(k_deq, k, levels, (lo, hi))
+        u = jax.vmap(lambda kk: jax.random.uniform(kk, k.shape[1:]))(per_sample_keys(k_deq, n))  # row i: (key, i)
+        x = jnp.asarray(dequantize_interval(np.asarray(k), np.asarray(u), levels, lo, hi))
         row_bpd, row_nfe, row_ok = [], [], []
         for rows, (logp, info) in _chunked_solves(sde, score_fn, x, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))

@@ -44,7 +44,8 @@ def test_counter_permutation_is_a_seeded_permutation():
 @pytest.mark.parametrize("centered", [False, True])
 def test_scale_dequantize_unscale_share_the_bins(levels, centered):
     k = np.arange(levels)
-    lo, width = (-1.0 if centered else 0.0), data.bin_width(levels, centered)
+    lo, hi = data.model_range(centered)
+    width = (hi - lo) / levels
     x = data.scale(k, levels, centered)
     assert x.dtype == np.float32 and len(np.unique(x)) == levels
     np.testing.assert_allclose(x, lo + (k + 0.5) * width, rtol=0, atol=1e-6)
@@ -57,6 +58,9 @@ def test_scale_dequantize_unscale_share_the_bins(levels, centered):
     assert np.all(xd.astype(np.float64) >= lo + kk * width) and np.all(xd.astype(np.float64) < lo + (kk + 1) * width)
     assert np.array_equal(data.unscale(xd, levels, centered), kk)
     assert data.to_uint8(x, levels, centered)[0] == 0 and data.to_uint8(x, levels, centered)[-1] == 255
+    # The interval versions on another range share the same bins.
+    np.testing.assert_array_equal(data.quantize(data.dequantize_interval(kk, uu, levels, -3.0, 5.0), levels, -3.0, 5.0),
+                                  kk)
 
 
 def test_unscale_clips_model_samples():

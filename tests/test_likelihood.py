@@ -15,6 +15,7 @@ import pytest
 from scipy.stats import norm
 
 import sde_lib
+from sde_lib.data.scaling import dequantize_interval, quantize
 from sde_lib import likelihood as L
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.step_control import CountingPIDController, initial_step_size
@@ -191,7 +192,8 @@ def test_bits_per_dim_offset_on_analytic_density(levels, scale, mu, s):
     assert np.all(bound >= exact - 1e-9)  # Jensen
     # Monte-Carlo over dequantisation draws with the analytic log-density equals the analytic bound.
     reps = 400
-    x = L.dequantize(KEY, np.tile(k, (reps, 1)), levels, scale)  # every row its own uniform draw
+    tiled = np.tile(k, (reps, 1))
+    x = dequantize_interval(tiled, rng.random(tiled.shape), levels, lo, hi)  # every row its own uniform draw
     assert float(x.min()) >= lo and float(x.max()) <= hi
     logp = np.sum(norm.logpdf(np.asarray(x, np.float64), mu, s), axis=-1)
     mc = np.asarray(L.bpd_from_logp(logp, 6, levels, scale)).reshape(reps, -1).mean(axis=0)
@@ -204,7 +206,7 @@ def test_bits_per_dim_offset_on_analytic_density(levels, scale, mu, s):
 def test_bits_per_dim_through_the_ode_bounds_the_discrete_likelihood(exact_solves):
     r = exact_solves("vp", "2d")
     sde, gmm, levels, scale = r["sde"], r["gmm"], 17, (-1.0, 1.0)
-    k = L.quantize(r["x"], levels, scale)  # 64 points: reuses the compiled 2-D solve
+    k = quantize(np.asarray(r["x"]), levels, *scale)  # 64 points: reuses the compiled 2-D solve
     bpd, info = L.bits_per_dim(sde, r["score"], k, KEY, levels=levels, scale=scale, n_dequant=4,
                                trace="exact", eps=EPS)
     r["score"].take()
@@ -242,7 +244,7 @@ def test_bad_discrete_data_raise():
     with pytest.raises(ValueError, match="integer"):
         L.bits_per_dim(sde, score, np.full((4, 2), 0.5), KEY, levels=17)
     with pytest.raises(ValueError, match="levels"):
-        L.dequantize(KEY, np.zeros((4, 2), int), levels=1)
+        L.bits_per_dim(sde, score, np.zeros((4, 2), int), KEY, levels=1)
     with pytest.raises(ValueError, match="scale"):
         L.bpd_offset(256, (1.0, -1.0))
     with pytest.raises(ValueError, match="x must"):

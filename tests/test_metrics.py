@@ -52,10 +52,15 @@ def _scores(env, samples):
     """FD, KID (full-set unbiased MMD^2), SWD, precision, recall of model-space ``samples`` vs test."""
     clf, spec, sets = env["clf"], env["spec"], env["sets"]
     f_t, f_x = clf.features(sets.test, "test"), clf.features(samples)
-    prec, rec = distances.precision_recall(f_t, f_x)
+    prec, rec = (float(m.mean()) for m in distances.precision_recall_masks(f_t, f_x))
     u_t, u_x = (reference.to_unit(v, spec).reshape(len(v), -1) for v in (sets.test, samples))
-    return dict(fd=distances.frechet_distance(f_t, f_x), kid=distances.mmd2_unbiased(f_t, f_x),
-                swd=distances.sliced_wasserstein(u_t, u_x), precision=prec, recall=rec)  # fmt: skip
+    theta = distances.random_directions(u_t.shape[1], 128)
+    return dict(fd=_fd(f_t, f_x), kid=distances.mmd2_unbiased(f_t, f_x),
+                swd=distances.sliced_wasserstein_projected(u_t @ theta, u_x @ theta), precision=prec, recall=rec)
+
+
+def _fd(a, b):
+    return distances.frechet_from_stats(*distances.gaussian_stats(a), *distances.gaussian_stats(b))
 
 
 def test_classifier_accurate_and_cached(env):
@@ -79,7 +84,7 @@ def test_frechet_matches_scipy_sqrtm():
     b = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + 0.3
     mu1, c1, mu2, c2 = a.mean(0), np.cov(a.T), b.mean(0), np.cov(b.T)
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
-    assert distances.frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    assert _fd(a, b) == pytest.approx(expected, rel=1e-8)
 
 
 def test_mmd_matches_pairwise_definition():
@@ -139,8 +144,9 @@ def test_memorisation_flags_copies_not_fresh_images(env):
     spec, sets = env["spec"], env["sets"]
     flat = lambda v: reference.to_unit(v, spec).reshape(len(v), -1)  # noqa: E731
     train, test = flat(sets.train), flat(sets.test)
-    copies, _ = distances.memorisation_rate(train[::4], train, test[:180])
-    fresh, threshold = distances.memorisation_rate(test[180:], train, test[:180], percentile=5.0)
+    copies = distances.memorisation_flags(train[::4], train, test[:180])[0].mean()
+    fresh, threshold = distances.memorisation_flags(test[180:], train, test[:180], percentile=5.0)
+    fresh = fresh.mean()
     assert threshold > 0 and copies == 1.0
     assert fresh < 0.12
 
@@ -173,5 +179,5 @@ def test_bad_inputs_raise(env):
         metrics.evaluate_samples(np.zeros((3, 2)), {"dataset": "toy"})
     with pytest.raises(ValueError, match="n="):
         metrics.evaluate_samples(_model_space(env["sets"].held), DATA, classifier=env["clf"], n=400)
-    with pytest.raises(ValueError, match="equally many"):
-        distances.sliced_wasserstein(np.zeros((4, 2)), np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="dimensions 2 and 3"):
+        distances.precision_recall_masks(np.zeros((4, 2)), np.zeros((5, 3)))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib import sampling
+from sde_lib import ablation, sampling
+from sde_lib.metrics.distances import random_directions
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.sampling.exponential import DPMSolverPPMultistep
 from sde_lib.sampling.noise import PerSampleBrownianPath
@@ -38,10 +39,7 @@ def check_nfe(score, info, batched_adaptive=False):
 
 def sliced_w2(a, b, n_proj=64):
     """Sliced 2-Wasserstein distance between equal-size samples (n, D), with fixed random directions."""
-    dirs = jax.random.normal(jax.random.PRNGKey(99), (n_proj, a.shape[1]))
-    dirs = dirs / jnp.linalg.norm(dirs, axis=1, keepdims=True)
-    pa, pb = jnp.sort(a @ dirs.T, axis=0), jnp.sort(b @ dirs.T, axis=0)
-    return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
+    return ablation.sliced_w2(a, b, random_directions(a.shape[1], n_proj, seed=99))
 
 
 # ------------------------------------------------------------------------------------ API and NFE

@@ -21,14 +21,14 @@ Scaling convention (bits/dim must use the same one). Level k of L owns the bin [
 * with ``uniform_dequantization``  x = (k + u) / L,  u ~ U[0, 1)  (range [0, 1));
 * ``centered``: y = 2x - 1 in either case; ``unscale`` maps back with k = clip(floor(x L), 0, L-1);
 * bits/dim of a density p on model space, D dimensions:
-  ``-(E_u[log p(x)] / D + log(bin_width(L, centered))) / ln 2`` with ``bin_width = 1/L`` (2/L centred).
+  ``-(E_u[log p(x)] / D + log(bin width)) / ln 2`` with bin width 1/L (2/L centred): ``likelihood.bits_per_dim``.
 
 Shuffles, flips and noise are pure functions of (seed, epoch, example index) (``pipeline``'s docstring);
 ``Dataset.batch_at(step)`` gives any step's batch, so resumed runs see the batches of uninterrupted ones.
 """
 
 from sde_lib.data.pipeline import Dataset, eval_batches, make_iterator
-from sde_lib.data.scaling import bin_width, dequantize, scale, to_uint8, unscale
+from sde_lib.data.scaling import dequantize, dequantize_interval, model_range, quantize, scale, to_uint8, unscale
 from sde_lib.data.sources import (
     DATASETS,
     FASHION_MNIST_PATH,
@@ -48,9 +48,11 @@ __all__ = [
     "TOY_NAMES",
     "DataSpec",
     "Dataset",
-    "bin_width",
     "data_dims",
     "dequantize",
+    "dequantize_interval",
+    "model_range",
+    "quantize",
     "eval_batches",
     "load_split",
     "make_iterator",

@@ -1,13 +1,16 @@
-"""Maps between discrete levels k in {0, ..., L-1} and model space (host-side, NumPy).
+"""Maps between discrete levels k in {0, ..., L-1} and model space (host-side, NumPy): the one home of
+quantisation and dequantisation (the data pipeline, bits/dim and the metrics all use these).
 
-The convention (binding for bits/dim; see ``sde_lib.data``'s module docstring):
+The convention (binding for bits/dim; see ``sde_lib.data``'s module docstring and
+``sde_lib.likelihood.bits_per_dim``): the L levels tile an interval [lo, hi] of model space, level k
+owning the bin [lo + (hi - lo) k / L, lo + (hi - lo)(k + 1) / L); image data use [0, 1], or [-1, 1]
+when ``centered``:
 
-* level k owns the bin [k/L, (k+1)/L) of [0, 1]; centred data use y = 2x - 1, bin [2k/L - 1, 2(k+1)/L - 1);
 * ``scale``:      x = (k + 1/2) / L, the bin centre (no dequantisation);
 * ``dequantize``: x = (k + u) / L with u ~ U[0, 1), uniform over the bin;
 * ``unscale``:    k = clip(floor(x L), 0, L-1) inverts both, and quantises model samples;
-* ``bin_width``:  1/L (or 2/L centred), so a density p on model space gives the discrete model
-  P(k) >= exp(E_u log p(x)) * bin_width**D and  bits/dim = -(E_u log p(x) / D + log bin_width) / ln 2.
+* ``quantize`` / ``dequantize_interval``: the same on any interval [lo, hi] (e.g. a mixture's data
+  quantised on [-3, 3] for a bits/dim check).
 """
 
 from __future__ import annotations
@@ -15,18 +18,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def bin_width(levels: int, centered: bool) -> float:
-    """Width of one level's bin in model space: 1/L on [0, 1], 2/L on [-1, 1]."""
-    return (2.0 if centered else 1.0) / levels
-
-
-def _to_model(x01, centered: bool):
-    return 2.0 * x01 - 1.0 if centered else x01
+def model_range(centered: bool) -> tuple[float, float]:
+    """The interval [lo, hi] the levels tile in model space: (-1, 1) centred, else (0, 1)."""
+    return (-1.0, 1.0) if centered else (0.0, 1.0)
 
 
 def scale(k: np.ndarray, levels: int, centered: bool) -> np.ndarray:
     """Integer levels ``k`` (any shape) -> float32 bin centres (k + 1/2) / L (centred: 2x - 1)."""
-    return _to_model((np.asarray(k, np.float64) + 0.5) / levels, centered).astype(np.float32)
+    lo, hi = model_range(centered)
+    return (lo + (hi - lo) * (np.asarray(k, np.float64) + 0.5) / levels).astype(np.float32)
 
 
 def _float32_at_least(e: np.ndarray) -> np.ndarray:
@@ -40,16 +40,29 @@ def _float32_below(e: np.ndarray) -> np.ndarray:
 
 
 def dequantize(k: np.ndarray, u: np.ndarray, levels: int, centered: bool) -> np.ndarray:
-    """Levels ``k`` and offsets ``u`` in [0, 1) (same shape) -> float32 (k + u) / L (centred: 2x - 1).
+    """Levels ``k`` and offsets ``u`` in [0, 1) (same shape) -> float32 (k + u) / L (centred: 2x - 1)."""
+    return dequantize_interval(k, u, levels, *model_range(centered))
+
+
+def dequantize_interval(k: np.ndarray, u: np.ndarray, levels: int, lo: float, hi: float) -> np.ndarray:
+    """Levels ``k`` and offsets ``u`` in [0, 1) -> float32 lo + (hi - lo)(k + u) / L.
 
     Computed in float64 and clamped to the float32 numbers inside the bin, so rounding to float32 never
     moves a value into the next level's bin.
     """
     k = np.asarray(k, np.float64)
-    lo = _to_model(k / levels, centered)
-    hi = _to_model((k + 1.0) / levels, centered)
-    x = (lo + np.asarray(u, np.float64) * (hi - lo)).astype(np.float32)
-    return np.clip(x, _float32_at_least(lo), _float32_below(hi))
+    a = lo + (hi - lo) * k / levels
+    b = lo + (hi - lo) * (k + 1.0) / levels
+    x = (a + np.asarray(u, np.float64) * (b - a)).astype(np.float32)
+    return np.clip(x, _float32_at_least(a), _float32_below(b))
+
+
+def quantize(x: np.ndarray, levels: int, lo: float, hi: float) -> np.ndarray:
+    """Continuous ``x`` -> int32 levels floor((x - lo) L / (hi - lo)), clipped to 0..L-1 (the inverse of
+    :func:`dequantize_interval`, found by comparison with the same float64 bin edges)."""
+    edges = lo + (hi - lo) * np.arange(levels + 1, dtype=np.float64) / levels
+    k = np.searchsorted(edges, np.asarray(x, np.float64), side="right") - 1
+    return np.clip(k, 0, levels - 1).astype(np.int32)
 
 
 def unscale(x: np.ndarray, levels: int, centered: bool) -> np.ndarray:
@@ -58,9 +71,7 @@ def unscale(x: np.ndarray, levels: int, centered: bool) -> np.ndarray:
     Found by comparison with the same float64 bin edges ``dequantize`` clamps to (not by computing
     floor(x L), which rounds when centred values near 0 are shifted by 1), so it inverts it exactly.
     """
-    edges = _to_model(np.arange(levels + 1, dtype=np.float64) / levels, centered)
-    k = np.searchsorted(edges, np.asarray(x, np.float64), side="right") - 1
-    return np.clip(k, 0, levels - 1).astype(np.int32)
+    return quantize(x, levels, *model_range(centered))
 
 
 def to_uint8(x: np.ndarray, levels: int, centered: bool) -> np.ndarray:

@@ -15,13 +15,14 @@ from sde_lib.metrics.classifier import (
     get_classifier,
 )
 from sde_lib.metrics.distances import (
-    frechet_distance,
+    frechet_from_stats,
+    gaussian_stats,
     kid,
-    memorisation_rate,
+    memorisation_flags,
     mmd2_unbiased,
     nn_distances,
-    precision_recall,
-    sliced_wasserstein,
+    precision_recall_masks,
+    sliced_wasserstein_projected,
 )
 from sde_lib.metrics.reference import RealSets, real_sets, to_unit
 from sde_lib.metrics.report import METRICS, evaluate_samples
@@ -35,14 +36,15 @@ __all__ = [
     "RealSets",
     "cache_path",
     "evaluate_samples",
-    "frechet_distance",
+    "frechet_from_stats",
+    "gaussian_stats",
     "get_classifier",
     "kid",
-    "memorisation_rate",
+    "memorisation_flags",
     "mmd2_unbiased",
     "nn_distances",
-    "precision_recall",
+    "precision_recall_masks",
     "real_sets",
-    "sliced_wasserstein",
+    "sliced_wasserstein_projected",
     "to_unit",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 _CHUNK = 1024  # rows of a pairwise-distance block: bounds memory at _CHUNK x N floats
 
 
-def _check_sets(a, b, names=("a", "b"), equal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _check_sets(a, b, names=("a", "b")) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
     for x, name in zip((a, b), names):
         if x.ndim != 2 or len(x) < 2:
@@ -31,8 +31,6 @@ def _check_sets(a, b, names=("a", "b"), equal: bool = False) -> tuple[np.ndarray
             raise ValueError(f"{name}: contains NaN or Inf")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{names[0]} and {names[1]} have dimensions {a.shape[1]} and {b.shape[1]}")
-    if equal and len(a) != len(b):
-        raise ValueError(f"{names[0]} and {names[1]} must hold equally many points, got {len(a)} and {len(b)}")
     return a, b
 
 
@@ -54,12 +52,6 @@ def frechet_from_stats(mu1, c1, mu2, c2) -> float:
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (m + m.T)), 0.0, None)).sum()
     d = np.sum((np.asarray(mu1) - np.asarray(mu2)) ** 2) + np.trace(c1) + np.trace(c2) - 2.0 * tr_sqrt
     return float(max(d, 0.0))  # >= 0 in exact arithmetic; rounding can leave -1e-12
-
-
-def frechet_distance(f1, f2) -> float:
-    """Fréchet distance between Gaussian fits of ``f1 (N, D)`` and ``f2 (M, D)``."""
-    f1, f2 = _check_sets(f1, f2, ("f1", "f2"))
-    return frechet_from_stats(*gaussian_stats(f1), *gaussian_stats(f2))
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -121,12 +113,6 @@ def precision_recall_masks(f_real, f_fake, k: int = 3) -> tuple[np.ndarray, np.n
     return in_manifold(f_fake, f_real, knn_radii(f_real, k)), in_manifold(f_real, f_fake, knn_radii(f_fake, k))
 
 
-def precision_recall(f_real, f_fake, k: int = 3) -> tuple[float, float]:
-    """(precision, recall) of ``f_fake`` against ``f_real`` with k-NN manifolds."""
-    prec, rec = precision_recall_masks(f_real, f_fake, k)
-    return float(prec.mean()), float(rec.mean())
-
-
 def random_directions(dim: int, num_projections: int, seed: int = 0) -> np.ndarray:
     """``(dim, P)`` unit columns, uniform on the sphere (normalised Gaussians)."""
     theta = np.random.default_rng(seed).standard_normal((dim, num_projections))
@@ -139,21 +125,14 @@ def sliced_wasserstein_projected(px, py) -> float:
     return float(np.sqrt(np.mean((px - py) ** 2)))
 
 
-def sliced_wasserstein(x, y, *, num_projections: int = 128, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between equal-size sets ``x, y (N, D)``."""
-    x, y = _check_sets(x, y, ("x", "y"), equal=True)
-    theta = random_directions(x.shape[1], num_projections, seed)
-    return sliced_wasserstein_projected(x @ theta, y @ theta)
-
-
 def nn_distances(queries, reference) -> np.ndarray:
     """Euclidean distance ``(Nq,)`` from each query to its nearest row of ``reference``."""
     q, r = np.asarray(queries, np.float32), np.asarray(reference, np.float32)
     return np.sqrt(np.concatenate([_sq_dists(q[i : i + _CHUNK], r).min(1) for i in range(0, len(q), _CHUNK)]))
 
 
-def memorisation_rate(samples, train, test, *, percentile: float = 5.0) -> tuple[float, float]:
-    """(share of samples nearer to ``train`` than ``threshold``, threshold).
+def memorisation_flags(samples, train, test, *, percentile: float = 5.0) -> tuple[np.ndarray, float]:
+    """(per-sample flags ``(N,)``: nearer to ``train`` than ``threshold``, threshold).
 
     ``threshold`` is the ``percentile``-th percentile of test-to-train nearest-neighbour distances: a
     sample set drawn like the test set is flagged at about ``percentile`` %, copies of training points at 100 %.
@@ -161,4 +140,4 @@ def memorisation_rate(samples, train, test, *, percentile: float = 5.0) -> tuple
     samples, train = _check_sets(samples, train, ("samples", "train"))
     test, train = _check_sets(test, train, ("test", "train"))
     threshold = float(np.percentile(nn_distances(test, train), percentile))
-    return float(np.mean(nn_distances(samples, train) < threshold)), threshold
+    return nn_distances(samples, train) < threshold, threshold

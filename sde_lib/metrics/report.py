@@ -59,8 +59,7 @@ def _compare(u_test, f_test, u_x, f_x, u_train, rng, *, num_bootstrap, k, kid_su
     out["swd"] = (distances.sliced_wasserstein_projected(pt, px),
                   _boot_std(lambda a, b: distances.sliced_wasserstein_projected(pt[a], px[b]), (n, n), rng, num_bootstrap))  # fmt: skip
 
-    threshold = np.percentile(distances.nn_distances(_flat(u_test), _flat(u_train)), percentile)
-    flags = distances.nn_distances(_flat(u_x), _flat(u_train)) < threshold
+    flags, _ = distances.memorisation_flags(_flat(u_x), _flat(u_train), _flat(u_test), percentile=percentile)
     out["memorisation"] = (float(flags.mean()), _boot_std(lambda i: flags[i].mean(), (n,), rng, num_bootstrap))
     return out
 
