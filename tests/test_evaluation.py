@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -96,3 +97,43 @@ def test_ablation_of_an_image_model(env):
     assert by["ode_euler", 16]["err_rms"] < by["ode_euler", 4]["err_rms"]
     table = ablation.markdown(result)
     assert "| FD | KID |" in table and "real-vs-real floors" in table
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active (``jax.monitoring``'s compile-duration events)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def _listen(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_a_second_checkpoint_compiles_nothing(env):
+    """Loading, sampling and bits/dim of another checkpoint of the same run reuse every compilation: the
+    parameters are traced arrays of a pytree score function, and the SDE rebuilt from the config
+    compares equal to the first one."""
+
+    def evaluate(step):
+        r = runs.load_run(env["workdir"], step, warn=False)
+        x, info = r.sample(jax.random.PRNGKey(0), 16, "dpm_solver_pp_3m", 5)
+        bpd = r.bpd(num=8, n_dequant=1)["bpd"]
+        return np.asarray(x), bpd
+
+    with CompileCounter() as first:
+        x1, bpd1 = evaluate(100)
+    with CompileCounter() as second:
+        x2, bpd2 = evaluate(200)
+    assert first.count > 0  # the counter sees compilations
+    assert second.count == 0
+    assert not np.allclose(x1, x2) and bpd1 != bpd2  # ... and the second checkpoint's own numbers

@@ -74,6 +74,7 @@ class Sampler:
       startup_nfe: evaluations spent once before the first step (e.g. Tsit5's first stage).
       options: the sampler's own options beyond those of its kind.
       terms, solver: how a fixed-step sampler runs; adaptive: how an adaptive one does.
+      nfe_doc: the NFE formula for listings when ``nfe_per_step`` is a function of the options.
     """
 
     name: str
@@ -86,6 +87,7 @@ class Sampler:
     terms: str = "score"
     solver: Callable | None = None
     adaptive: Callable | None = None
+    nfe_doc: str = ""
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -181,3 +183,24 @@ def steps_for_nfe(name: str, nfe: int, **options) -> int:
     if int(nfe) < min_nfe(name, **options):
         raise ValueError(f"an NFE budget of {nfe} is below the {min_nfe(name, **options)} of one {name!r} step")
     return (int(nfe) - spec.startup_nfe) // spec.step_nfe(options)
+
+
+def _nfe_text(spec: Sampler) -> str:
+    if spec.is_adaptive:
+        return "adaptive"
+    if spec.nfe_doc:
+        return spec.nfe_doc
+    per = spec.step_nfe()
+    core = "steps" if per == 1 else f"{per} x steps"
+    return f"{spec.startup_nfe} + {core}" if spec.startup_nfe else core
+
+
+def markdown_table() -> str:
+    """The README's sampler table, generated from the registry (name, family, NFE, default grid, options)."""
+    lines = ["| name | family | NFE | default grid | own options | notes |", "|---|---|---|---|---|---|"]
+    for name in available_samplers():
+        spec = _REGISTRY[name]
+        options = ", ".join(f"`{o.name}`" for o in spec.options) or "-"
+        doc = spec.doc.replace("|", "\\|")  # a literal bar inside a table cell
+        lines.append(f"| `{name}` | {spec.family} | {_nfe_text(spec)} | {spec.grid or '-'} | {options} | {doc} |")
+    return "\n".join(lines) + "\n"

@@ -113,7 +113,7 @@ register(Sampler("ancestral", family="sde", doc="exact posterior step: DDPM (VP)
                  solver=lambda sde, steps, o: DDIM(sde, eta=1.0)))
 register(Sampler(
     "pc", family="sde", doc="Langevin corrector (`snr`, `n_steps`) then a predictor; works for sub-VP",
-    nfe_per_step=lambda o: 1 + int(o["n_steps"]),
+    nfe_per_step=lambda o: 1 + int(o["n_steps"]), nfe_doc="steps x (1 + n_steps)",
     options=(Option("predictor", "reverse_diffusion", "reverse_diffusion | euler_maruyama",
                     lambda v: v in ("reverse_diffusion", "euler_maruyama")),
              Option("snr", 0.16, "corrector signal-to-noise ratio > 0", lambda v: v > 0),
