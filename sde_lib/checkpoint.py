@@ -135,10 +135,26 @@ def _first_line(err: Exception, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _path(keys) -> str:
+    """A tree path as ``a/b/0/c``, whatever the container types (orbax's metadata stores dicts and string
+    indices where the state has named tuples, lists and attributes)."""
+    tokens = []
+    for k in keys:
+        for attr in ("name", "key", "idx"):
+            if hasattr(k, attr):
+                tokens.append(str(getattr(k, attr)))
+                break
+    return "/".join(tokens)
+
+
 def _mismatches(stored, target) -> list[str]:
     """Differences between a checkpoint's stored tree metadata and the restore target, as short lines."""
-    flat_s = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
-    flat_t = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+    is_leaf = lambda v: hasattr(v, "shape")  # noqa: E731  (metadata leaves and ShapeDtypeStructs)
+    flat_s = {_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(stored, is_leaf=is_leaf)[0]}
+    flat_t = {_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(target, is_leaf=is_leaf)[0]}
+    # nnx stores a parameter's array under ".value": compare without that last token on either side.
+    flat_s = {k.removesuffix("/value"): v for k, v in flat_s.items()}
+    flat_t = {k.removesuffix("/value"): v for k, v in flat_t.items()}
     out = []
     for key in sorted(set(flat_s) | set(flat_t)):
         if key not in flat_t:
@@ -172,9 +188,11 @@ class Checkpointer:
             path = os.path.join(self.workdir, name)
             if read_only and not os.path.isdir(path):
                 return None
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                                   read_only=read_only, enable_async_checkpointing=async_writes)
-            return ocp.CheckpointManager(path, options=options)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else max_to_keep, create=not read_only, read_only=read_only,
+                save_interval_steps=0 if read_only else 1, enable_async_checkpointing=async_writes)
+            with _quiet():  # orbax warns that a read-only manager is read-only
+                return ocp.CheckpointManager(path, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
         self.snapshots = manager(SNAPSHOTS, keep)
         self.preemption = manager(PREEMPTION, 2)

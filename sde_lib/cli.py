@@ -54,7 +54,11 @@ def absl_flags_parser(argv: list[str]):
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            # config_flags defers a loading error to the first use of the config: use it now.
+            flags.FLAGS["config"].value.keys()
+        return rest
     except flags.Error as err:
         message = _diagnose(argv) or str(err).splitlines()[0]
     except Exception as err:  # noqa: BLE001  (config_flags raises AttributeError, KeyError, IOError, ...)

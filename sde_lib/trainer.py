@@ -312,7 +312,8 @@ def _load_window(workdir: str, step: int) -> list[dict]:
         return []
     if record.get("step") != step or not record.get("loss"):
         return []
-    return [{"loss": np.asarray(record["loss"]), "grad_norm": np.asarray(record["grad_norm"])}]
+    # float32, as the device computed them: the logged mean must be the uninterrupted run's to the bit.
+    return [{k: np.asarray(record[k], np.float32) for k in ("loss", "grad_norm")}]
 
 
 def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress: bool = True, force: bool = False,

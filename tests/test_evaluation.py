@@ -16,6 +16,7 @@ import pytest
 from sde_lib import ablation, evaluation, runs, trainer
 from tests.test_configs import load
 
+pytestmark = pytest.mark.slow  # one digits run trained for the module
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -284,6 +284,7 @@ def test_stochastic_samplers_approach_the_mixture(name, sde_name, few, many, exa
     assert d[many] < 2.0 * floor and d[few] > d[many], (d, floor)
 
 
+@pytest.mark.slow
 def test_sde_adaptive_matches_the_mixture(exact_sets):
     gmm, n, exact, floor = exact_sets
     sde = SDES["vp"]

@@ -135,6 +135,7 @@ def parallel_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, devices", [("four_devices", 4), ("two_processes", 2)])
+@pytest.mark.slow
 def test_data_parallel_matches_single_device(parallel_runs, name, devices):
     ref, got = parallel_runs["one_device"], parallel_runs[name]
     assert int(got.pop("devices")) == devices and int(ref["devices"]) == 1

@@ -1,0 +1,275 @@
+"""A run folder is never damaged: every failing or read-only command leaves it byte for byte as it was.
+
+One tiny toy run (2-D mixture, a 2-layer MLP, 40 updates, snapshots at 20 and 40) is trained once per
+module; every probe copies it, runs a user's command line against the copy, and compares the folder's
+files (contents) and folders before and after.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sde_lib
+from sde_lib import checkpoint as ckpt_lib
+from sde_lib import logging_utils, sampling, trainer
+from sde_lib.oracle import builtin_mixture
+from tests.helpers import toy_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(ROOT, "configs/toy/vp.py")
+OVERRIDES = {
+    "data.centered": False, "model.hidden": 16, "model.n_layers": 2, "training.batch_size": 64,
+    "training.n_iters": 40, "training.log_freq": 10, "training.eval_freq": 20, "training.snapshot_freq": 20,
+    "training.snapshot_freq_for_preemption": 20, "training.snapshot_sampling": False, "optim.warmup": 5,
+    "sampling.steps": 10, "sampling.batch_size": 16, "eval.batch_size": 256,
+}
+FLAGS = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+
+
+def snapshot(folder: str) -> dict:
+    """Every file's hash and every folder, by path relative to ``folder`` (empty if it does not exist)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        out[rel + "/"] = "dir"
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def script(name, *args, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def one_line_error(r, *words):
+    """The command failed with a single ``error: ...`` line naming ``words``, and no traceback."""
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode != 0 and lines, r.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and all(w in lines[-1] for w in words), lines[-1]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("toy") / "run")
+    trainer.train(toy_config(OVERRIDES), workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A fresh copy of the trained run, and its snapshot."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    return workdir, snapshot(workdir)
+
+
+# ------------------------------------------------------------------------------ validate, then write
+@pytest.mark.parametrize("flags, words", [
+    (["--config.data.num_channels=3"], ["config.data.num_channels must be 2"]),
+    (["--config.model.hidden=64"], ["model.hidden (16 -> 64)", "--fork_from", "--force"]),
+    (["--config.training.sde=vesde"], ["training.sde ('vpsde' -> 'vesde')"]),
+    (["--config.training.foo=1"], ["config.training.foo is not a known field"]),
+    (["--config.training.n_iter=80"], ["did you mean training.n_iters"]),
+    (["--config.data.dataset=npz", "--config.data.path=/nonexistent/x.npz"], ["/nonexistent/x.npz"]),
+])  # fmt: skip
+def test_a_failing_train_command_leaves_the_run_as_it_was(run, flags, words):
+    workdir, before = run
+    r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, *flags)
+    one_line_error(r, *words)
+    assert snapshot(workdir) == before
+
+
+def test_a_failing_first_command_creates_no_folder(tmp_path):
+    workdir = str(tmp_path / "new_run")
+    for flags, words in ((["--config.data.dataset=fashion_mnist", "--config.data.path=/nonexistent",
+                           "--config.data.image_size=28", "--config.data.num_channels=1"],
+                          ["Fashion-MNIST file not found", "apt-get install dataset-fashion-mnist"]),
+                         (["--config.data.dataset=folder", f"--config.data.path={tmp_path}",
+                           "--config.data.num_channels=1", "--config.data.image_size=8"], ["no image files"])):
+        r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, *flags)
+        one_line_error(r, *words)
+        assert not os.path.exists(workdir)
+    r = script("train.py", "--config=configs/toy/missing.py", f"--workdir={workdir}")
+    one_line_error(r, "config file 'configs/toy/missing.py' not found")
+    assert not os.path.exists(workdir)
+
+
+def test_resumable_changes_are_recorded_and_forced_ones_need_force(run):
+    workdir, _ = run
+    state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 60}), workdir, progress=False)
+    assert int(state.step) == 60
+    events = [json.loads(line) for line in open(os.path.join(workdir, trainer.HISTORY_FILE))]
+    assert [e["event"] for e in events] == ["start", "resume"]
+    assert events[1]["step"] == 40 and events[1]["changes"] == {"training.n_iters": [40, 60]}
+    assert ckpt_lib.read_config(workdir).training.n_iters == 60
+
+    changed = toy_config(OVERRIDES, **{"training.n_iters": 60, "optim.lr": 5e-4})
+    before = snapshot(workdir)
+    with pytest.raises(trainer.RunConflict, match=r"optim.lr \(0.001 -> 0.0005\)"):
+        trainer.train(changed, workdir, progress=False)
+    assert snapshot(workdir) == before
+    trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 80, "optim.lr": 5e-4}), workdir, progress=False,
+                  force=True)
+    last = json.loads(open(os.path.join(workdir, trainer.HISTORY_FILE)).read().splitlines()[-1])
+    assert last["event"] == "forced resume" and last["changes"]["optim.lr"] == [1e-3, 5e-4]
+
+
+def test_force_cannot_resume_another_architecture_and_fork_starts_a_new_run(run, tmp_path):
+    workdir, before = run
+    other = toy_config(OVERRIDES, **{"model.hidden": 32})
+    with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"ema/cond/0/kernel has shape \(16, 16\) in the checkpoint, \(32, 32\) in the model"):
+        trainer.train(other, workdir, progress=False, force=True)
+    assert snapshot(workdir) == before  # a checkpoint of another shape is never called corrupt
+    fork = str(tmp_path / "fork")
+    state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 60, "optim.lr": 5e-4}), fork,
+                          progress=False, fork_from=workdir)
+    assert int(state.step) == 60 and snapshot(workdir) == before
+    event = json.loads(open(os.path.join(fork, trainer.HISTORY_FILE)).readline())
+    assert event["event"] == "fork" and event["step"] == 40 and event["changes"]["optim.lr"] == [1e-3, 5e-4]
+
+
+# ---------------------------------------------------------------------------------- read-only commands
+@pytest.mark.slow
+def test_read_only_commands_never_touch_the_run(run, tmp_path):
+    workdir, before = run
+    r = script("sample.py", f"--workdir={workdir}", "--num=8", "--steps=5", f"--out={tmp_path}/s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.getsize(f"{tmp_path}/s.png") > 0 and np.load(f"{tmp_path}/s.npz")["samples"].shape == (8, 2)
+    one_line_error(script("sample.py", f"--workdir={workdir}", "--num=8", f"--out={tmp_path}/s"),
+                   "s.png exists", "--overwrite")
+    for bad in ("--steps=0", "--num=0"):
+        one_line_error(script("sample.py", f"--workdir={workdir}", bad, f"--out={tmp_path}/z"), "must be >= 1")
+    r = script("evaluate.py", "likelihood", f"--workdir={workdir}", "--n=64", f"--out={tmp_path}/ll")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.load(open(f"{tmp_path}/ll/report.json"))["rows"][0]
+    # Continuous data: nats/dim of the (40-update) model beside the data's exact density (the 8-mode ring),
+    # which no model beats by more than sampling noise.
+    assert np.isfinite(report["nats_per_dim"]) and report["nats_per_dim"] > report["exact_nats_per_dim"] - 0.1
+    assert snapshot(workdir) == before
+
+    # The recorded config changed under the run (another architecture): loading fails in one line and
+    # sets nothing aside.
+    config = json.load(open(os.path.join(workdir, ckpt_lib.CONFIG_FILE)))
+    config["model"]["hidden"] = 32
+    with open(os.path.join(workdir, ckpt_lib.CONFIG_FILE), "w") as f:
+        json.dump(config, f)
+    changed = snapshot(workdir)
+    one_line_error(script("sample.py", f"--workdir={workdir}", f"--out={tmp_path}/t"), "does not fit the model")
+    assert snapshot(workdir) == changed
+
+
+def test_loading_a_run_without_checkpoints_creates_nothing(tmp_path):
+    workdir = str(tmp_path / "empty")
+    os.makedirs(workdir)
+    ckpt_lib.write_config(workdir, toy_config(OVERRIDES))
+    before = snapshot(workdir)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        sde_lib.load_run(workdir)
+    assert snapshot(workdir) == before
+
+
+def test_a_damaged_checkpoint_is_skipped_in_one_warning_line_and_left_in_place(run, capfd):
+    workdir, _ = run
+    latest = os.path.join(workdir, ckpt_lib.SNAPSHOTS, "40")
+    for folder, _, files in os.walk(latest):
+        for name in files:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"garbage")
+    before = snapshot(workdir)
+    with pytest.warns(UserWarning) as caught:
+        r = sde_lib.load_run(workdir)
+    assert r.step == 20 and snapshot(workdir) == before
+    messages = [str(w.message) for w in caught]
+    assert any(f"checkpoint {latest} could not be restored" in m and "using step 20" in m and "\n" not in m
+               for m in messages), messages
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ one writer
+@pytest.mark.slow
+def test_a_second_training_exits_at_once_and_a_stale_lock_is_taken_over(tmp_path):
+    workdir = str(tmp_path / "run")
+    long = [f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--config.training.n_iters=4000",
+            "--config.training.snapshot_freq=4000", "--config.training.snapshot_freq_for_preemption=4000"]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/train.py"), *long], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(workdir, logging_utils.METRICS_FILE)):
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.1)
+        one_line_error(script("train.py", *long), f"is being trained by process {first.pid}")
+    finally:
+        first.terminate()
+        err = first.communicate(timeout=120)[1]
+    assert first.returncode == 0, err[-2000:]
+    # The first run's log holds its own steps only, and its lock is gone.
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, logging_utils.METRICS_FILE))]
+    assert steps == sorted(steps) and not os.path.exists(os.path.join(workdir, trainer.LOCK_FILE))
+
+    # A lock left behind by a process that no longer runs is taken over, with a warning.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(os.path.join(workdir, trainer.LOCK_FILE), "w") as f:
+        json.dump({"pid": int(dead.stdout), "host": os.uname().nodename, "since": "earlier"}, f)
+    with pytest.warns(UserWarning, match="taking over the stale lock"):
+        trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 4000}), workdir, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- EMA
+@pytest.mark.slow
+def test_short_runs_sample_sensibly_with_the_ema_warm_up(tmp_path):
+    """300 updates at ema_rate 0.999: without warm-up the EMA is still 74% the initial network (its
+    samples are far off the data); with the warm-up (default) they are within a factor of the spread."""
+    cfg = dict(OVERRIDES, **{"training.n_iters": 300, "training.snapshot_freq": 300,
+                             "training.snapshot_freq_for_preemption": 300, "training.n_jitted_steps": 10,
+                             "optim.ema_rate": 0.999})
+    data_std = float(np.std(np.asarray(builtin_mixture("ring2d").sample(jax.random.PRNGKey(0), 4000))))
+    spread = {}
+    for warm in (True, False):
+        workdir = str(tmp_path / f"warm{warm}")
+        trainer.train(toy_config(cfg, **{"optim.ema_warmup": warm}), workdir, progress=False)
+        if warm:
+            r = sde_lib.load_run(workdir)
+        else:
+            with pytest.warns(UserWarning, match="young for its EMA"):
+                r = sde_lib.load_run(workdir)
+        x, _ = r.sample(jax.random.PRNGKey(1), 512, "dpm_solver_pp_2m", 20)
+        spread[warm] = float(np.std(np.asarray(x)))
+    assert 0.5 * data_std < spread[True] < 2.0 * data_std, (spread, data_std)
+    assert not 0.5 * data_std < spread[False] < 2.0 * data_std, (spread, data_std)
+
+
+# ------------------------------------------------------------------------------------------ library
+def test_the_library_says_what_went_wrong():
+    sde, gmm = sde_lib.VPSDE(), builtin_mixture("ring2d")
+    key, shape = jax.random.PRNGKey(0), (4, 2)
+    wrong = lambda x, t: jnp.zeros((x.shape[0], 1))  # noqa: E731  (broadcastable: silent before)
+    with pytest.raises(ValueError, match=r"score_fn returned \(4, 1\) for x of shape \(4, 2\)"):
+        sampling.sample(sde, wrong, key, shape, "ode_euler", steps=4)
+    with pytest.raises(ValueError, match=r"score_fn returned \(4, 1\) for x of shape \(4, 2\)"):
+        sde_lib.likelihood.log_likelihood(sde, wrong, jnp.zeros(shape), key)
+    with pytest.raises(ValueError, match=r"non-finite values in 1 row\(s\), e.g. rows \[2\]"):
+        sde_lib.likelihood.log_likelihood(sde, gmm.score_fn(sde), jnp.zeros(shape).at[2, 0].set(jnp.nan), key)
+
+    nan_score = lambda x, t: jnp.full_like(x, jnp.nan)  # noqa: E731
+    for name, kw in (("dpm_solver_pp_3m", {}), ("ode_adaptive", {"max_steps": 64})):
+        with pytest.warns(UserWarning, match="4 of 4 samples .* are not finite or their solve failed"):
+            _, info = sampling.sample(sde, nan_score, key, shape, name, steps=4, **kw)
+        assert not np.asarray(info["ok"]).any()
+    with pytest.warns(UserWarning, match="solve failed for 4 of 4 examples"):
+        logp, info = sde_lib.likelihood.log_likelihood(sde, nan_score, jnp.zeros(shape), key, max_steps=64)
+    assert np.isnan(np.asarray(logp)).all() and not np.asarray(info["ok"]).any()
