@@ -46,9 +46,9 @@ class CountingScore:
     def _tick(self):
         self.calls += 1
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, *cond):
         jax.debug.callback(self._tick)
-        return self.score_fn(x, t)
+        return self.score_fn(x, t, *cond)
 
     def take(self) -> int:
         """Calls since the last ``take`` (waits for pending callbacks first)."""

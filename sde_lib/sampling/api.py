@@ -108,7 +108,38 @@ def sample(
       ``info["ok"]`` ``(B,)`` bool (finite, and the adaptive solve succeeded), ``info["ts"]`` (the time
       grid, fixed-step samplers), and ``info["trajectory"] = (ts, ys)`` when asked.
     """
+    return run(sde, score_fn, key, shape, sampler, steps, x_init=x_init, eps=eps, denoise=denoise, cond=cond,
+               options=options)
+
+
+class SolveHook(eqx.Module):
+    """What a method built on the fixed-step samplers adds to their solve (``guidance.inpaint``): a pytree,
+    so its arrays (observations, masks) are traced by the compiled sampler.
+
+    ``start(x, row_keys)`` adjusts the prior draw; ``wrap(solver, sde)`` returns a diffrax solver that
+    wraps the sampler's; ``finish(x)`` adjusts the result; ``nfe_per_step`` extra score evaluations.
+    """
+
+    nfe_per_step: int = eqx.field(static=True, default=0, kw_only=True)
+
+    def start(self, x, row_keys):
+        return x
+
+    def wrap(self, solver, sde):
+        return solver
+
+    def finish(self, x):
+        return x
+
+
+def run(sde: SDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], sampler: str, steps: int, *,
+        x_init=None, eps=None, denoise: bool = False, cond=None, options: dict | None = None,
+        hook: SolveHook | None = None) -> tuple[jax.Array, dict]:
+    """:func:`sample` with an optional :class:`SolveHook` (fixed-step samplers only)."""
     spec = registry.get(sampler)
+    options = options or {}
+    if hook is not None and spec.is_adaptive:
+        raise ValueError(f"sampler {sampler!r} is adaptive; this method needs a fixed-step sampler")
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
@@ -126,7 +157,7 @@ def sample(
         check_time_grid(sde, opts["time_grid"], int(steps), eps)
     check_score_shape(score_fn, shape, cond)
     x, nfe, ok, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
-                                       opts, cond)
+                                       opts, cond, hook)
     info = {"nfe": nfe, "ok": ok, "ts": ts}
     if traj is not None:
         info["trajectory"] = traj
@@ -134,7 +165,7 @@ def sample(
         bad = int(jnp.sum(~ok))
         warnings.warn(f"sample(): {bad} of {shape[0]} samples of {sampler!r} are not finite or their solve failed "
                       f"(a NaN/Inf score or input, or an adaptive solve reaching max_steps); see info['ok']",
-                      stacklevel=2)
+                      stacklevel=3)
     return x, info
 
 
@@ -153,7 +184,7 @@ def check_score_shape(score_fn: ScoreFn, shape: tuple[int, ...], cond=None) -> N
 
 
 @eqx.filter_jit
-def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, o, cond):
+def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, o, cond, hook):
     spec = registry.get(name)
     k_prior, k_noise = jax.random.split(key)
     x = sde.prior_sampling(k_prior, shape) if x_init is None else jnp.asarray(x_init)
@@ -162,8 +193,11 @@ def _sample_jit(sde, score_fn, key, x_init, shape, name, steps, eps, denoise, o,
         x, nfe, traj, solved = spec.adaptive(sde, score_fn, x, row_keys, cond, eps, o)
         ts = None
     else:
+        hook = SolveHook() if hook is None else hook
         ts = resolve_time_grid(sde, o["time_grid"], steps, eps, o["rho"])
-        x, nfe, traj = _run_fixed(spec, sde, bind_score(score_fn, cond), x, row_keys, steps, ts, o)
+        x = hook.start(x, row_keys)
+        x, nfe, traj = _run_fixed(spec, sde, bind_score(score_fn, cond), x, row_keys, steps, ts, o, hook)
+        x = hook.finish(x)
         solved = jnp.ones(shape[:1], bool)
     if denoise:
         t = jnp.full(shape[:1], eps, x.dtype)
@@ -180,7 +214,7 @@ def saveat(save_trajectory) -> diffrax.SaveAt:
     return diffrax.SaveAt(t0=True, steps=True) if save_trajectory else diffrax.SaveAt(t1=True)
 
 
-def _run_fixed(spec: registry.Sampler, sde, score, x, row_keys, steps, ts, o):
+def _run_fixed(spec: registry.Sampler, sde, score, x, row_keys, steps, ts, o, hook):
     """Fixed steps on the whole batch through a ``StepTo`` grid."""
     if spec.terms == "probability_flow":
         terms = diffrax.ODETerm(lambda t, y, args: sde.reverse_drift(y, t, score(y, t)))
@@ -194,12 +228,12 @@ def _run_fixed(spec: registry.Sampler, sde, score, x, row_keys, steps, ts, o):
     else:
         terms = diffrax.ODETerm(lambda t, y, args: score(y, t))
     sol = diffrax.diffeqsolve(
-        terms, spec.solver(sde, steps, o), t0=sde.T, t1=ts[-1], dt0=None, y0=x, args=row_keys,
+        terms, hook.wrap(spec.solver(sde, steps, o), sde), t0=sde.T, t1=ts[-1], dt0=None, y0=x, args=row_keys,
         stepsize_controller=diffrax.StepTo(ts), saveat=saveat(o["save_trajectory"]), max_steps=steps,
         progress_meter=diffrax.TqdmProgressMeter() if o["progress"] else diffrax.NoProgressMeter(),
     )
     traj = (sol.ts, sol.ys) if o["save_trajectory"] else None
-    return sol.ys[-1], spec.startup_nfe + spec.step_nfe(o) * steps, traj
+    return sol.ys[-1], spec.startup_nfe + (spec.step_nfe(o) + hook.nfe_per_step) * steps, traj
 
 
 def per_row(fn, x, row_keys, cond):
