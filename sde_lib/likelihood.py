@@ -13,8 +13,8 @@ change of variables d log p_t(x_t)/dt = -div v(x_t, t), so for x_eps = x
 We integrate the augmented state (x, delta) with d delta/dt = div v from eps to T in one diffrax solve
 over the batch: one shared adaptive step sequence whose error norm is, by default, the worst example's
 RMS (``error_norm="per_example"``: every log p meets the tolerance) or the RMS over the whole batch
-(``"batch"``: score_sde's host loop; 25% fewer evaluations on the 16-D oracle, about as many on the
-trained digits networks, and a looser per-example error).
+(``"batch"``: score_sde's host loop; fewer evaluations and a looser per-example error; measured in
+docs/results.md).
 The trace is exact (D Jacobian-vector products against the basis) or Hutchinson's estimate
 tr A ~ mean_j u_j^T A u_j with probes fixed along the trajectory. The probes do not change the x
 trajectory, so the Hutchinson error is int (u^T J u - tr J) dt, of mean zero given the path: the
@@ -54,8 +54,8 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
     follow from the Butcher tableau, which makes ``nfe`` exact.
     """
     if solver is None:
-        # Dopri5, not Tsit5: at equal tolerances on the 16-D oracle it needs ~25% fewer evaluations
-        # (93 vs 123) for a per-example error still far inside tolerance (scripts/benchmark_likelihood.py).
+        # Dopri5, not Tsit5: at equal tolerances it needs fewer evaluations for a per-example error still
+        # far inside tolerance (scripts/benchmark_likelihood.py; docs/results.md).
         return diffrax.Dopri5()
     if isinstance(solver, str):
         names = {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
@@ -146,8 +146,8 @@ def _per_example_rms_max(state) -> jax.Array:
     """Error norm of the augmented state: the largest over examples of each example's RMS.
 
     Accepting a step only when every example meets the tolerance gives each log p its own error
-    control. The batch-wide RMS (score_sde's host loop) let one of 300 16-D mixture examples reach 1.7e-3
-    nats/dim of error at rtol = atol = 1e-5, 30x the next worst; with this norm the worst is 5e-5.
+    control; with the batch-wide RMS (score_sde's host loop) one example's error can be far above the
+    tolerance while the others hide it (docs/results.md has the numbers).
     """
     y, delta = state
     sq = jnp.sum(jnp.square(y).reshape(y.shape[0], -1), axis=-1) + jnp.square(delta)
@@ -174,7 +174,7 @@ def _solve(x, key, offset, sde, score_fn, *, trace, probe, n_probes, rtol, atol,
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, state, args: field(t, state)), solver, t0=eps, t1=sde.T,
         # dt0=None: the controller's Hairer-Wanner first step (2 counted evaluations); a fixed 0.01 (T - eps)
-        # was rejected 3-4 times near eps, ~25 evaluations of 7-stage attempts (15% of a smooth network's solve).
+        # is rejected several times near eps, where the field is steep.
         dt0=None, y0=(x, jnp.zeros(x.shape[:1], x.dtype)), stepsize_controller=controller, max_steps=max_steps,
         saveat=diffrax.SaveAt(t1=True, controller_state=True), throw=False,
     )

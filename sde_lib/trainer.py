@@ -230,7 +230,7 @@ def samples_to_png(config, x: np.ndarray, path: str) -> np.ndarray | None:
     d = config.data
     if x.ndim == 4:
         grid = logging_utils.image_grid(to_uint8(x, d.levels or 256, d.centered))
-        logging_utils.save_png(path, grid, scale=max(1, 256 // grid.shape[0]))
+        logging_utils.save_png(path, grid, scale=max(1, 512 // max(grid.shape[:2])))  # readable: ~512 px
         return grid
     if x.ndim == 2 and x.shape[1] >= 2:
         return logging_utils.scatter_png(path, x[:, :2])

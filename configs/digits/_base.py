@@ -1,14 +1,13 @@
 """Shared settings of the scikit-learn 8x8 digits experiments (17 grey levels, 1437/360 split).
 
 A residual MLP on the flattened 64-D image (4 layers of width 512, a 128-wide noise embedding, 1.1M
-parameters) rather than a U-Net: on 2 CPU cores its step costs ~20-30 ms at batch 256 and compiles in
-seconds, so 5000 updates fit in the quick start's budget (test bits/dim still falls at 4000-5000
-steps; with a 512-wide embedding it turned over after 3000, README). The recipe that lowers bits/dim (Song et al. 2021, arXiv 2101.09258):
-likelihood weighting with importance-sampled times (uniform in log-SNR), EDM preconditioning so the
-network sees log(sigma)/4 (Fourier features) and thus resolves the small noise levels that dominate
-the likelihood, and an EMA short enough (0.995) that a few thousand updates wash out the initial
-parameters (0.99, 0.998 and 0.999 were all worse). Uniform dequantisation matches the bits/dim
-evaluation; no flips (digits are not mirror-symmetric). Measured numbers: README / scripts/quickstart.sh.
+parameters) rather than a U-Net: on 2 CPU cores its step is cheap and compiles in seconds, so 5000
+updates fit in the quick start's budget. The recipe that lowers bits/dim (Song et al. 2021, arXiv
+2101.09258): likelihood weighting with importance-sampled times (uniform in log-SNR), EDM
+preconditioning so the network sees log(sigma)/4 (Fourier features) and thus resolves the small noise
+levels that dominate the likelihood, and an EMA short enough (0.995) that a few thousand updates wash
+out the initial parameters. Uniform dequantisation matches the bits/dim evaluation; no flips (digits
+are not mirror-symmetric). How each choice was measured: docs/results.md.
 """
 
 from sde_lib.config import default_config
@@ -32,7 +31,6 @@ def digits_config(sde: str):
     s = config.sampling
     s.sampler = "dpm_solver_pp_3m"
     s.steps = 20
-    s.batch_size = 64
 
     e = config.eval
     e.batch_size = 360
@@ -52,12 +50,11 @@ def digits_config(sde: str):
     m.parameterization = "edm"
     m.hidden = 512
     m.n_layers = 4
-    m.embed_dim = 128  # a narrow noise embedding: half the step cost of width 512, and it overfits later
+    m.embed_dim = 128  # a narrow noise embedding: cheaper than width 512, and it overfits later
     m.embedding_type = "fourier"
     # The EDM conditioning is log(sigma)/4, spanning ~3 units from eps to T. Fourier features of scale 16
     # (score_sde's, made for log sigma itself) put ~100 oscillations over that range: the trained score
-    # wiggles in t, and the adaptive PF-ODE solve of bits/dim needed 538 evaluations per digit. Scale 1
-    # needs 203 for the same test bits/dim (2.389 vs 2.391).
+    # wiggles in t and every adaptive solve pays for it; scale 1 is smooth (docs/results.md).
     m.fourier_scale = 1.0
     m.dropout = 0.0
 

@@ -18,6 +18,9 @@ def get_config():
     t = config.training
     t.continuous = False
     t.weighting = "sigma2"
+    # The chain's first step has sigma ~ 0.01, the continuous VP SDE's sigma at t = 1e-3: below that the
+    # network was never trained, so bits/dim integrates the PF-ODE from there (training.eps).
+    t.eps = 1e-3
     m = config.model
     m.parameterization = "eps"
     m.embedding_type = "positional"

@@ -1,8 +1,8 @@
 """Digits 8x8, VE SDE (sigma 0.01 -> 12); the shared residual-MLP likelihood recipe of ``_base.py``.
 
-The VE model keeps the earlier recipe, a 512-wide noise embedding of Fourier scale 16 for 2500 steps
-(2.450 test bits/dim): with the shared 128-wide embedding and 5000 steps it reached only 3.04 +- 0.11,
-with a heavy tail of badly modelled test digits (not investigated further).
+The VE model keeps the earlier recipe, a 512-wide noise embedding of Fourier scale 16 for 2500 steps:
+the shared 128-wide embedding and 5000 steps, and Fourier scale 1, both measured worse for VE
+(docs/results.md).
 
 sigma_max = 12 is about the largest distance between two centred 8x8 digits (64 pixels in [-1, 1]),
 the VE rule of thumb of Song & Ermon 2020 (arXiv 2006.09011); sigma_min = 0.01 is well below the
@@ -21,8 +21,6 @@ def get_config():
     config.model.sigma_min = 0.01
     config.model.sigma_max = 12.0
     config.model.embed_dim = 0  # = hidden (512)
-    # Fourier scale 16 as measured (2.449); scale 1, the VP recipe's, gave 2.484 +- 0.050 with 147
-    # evaluations per bits/dim solve, and with the 128-wide embedding 3.98 +- 0.47.
     config.model.fourier_scale = 16.0
     config.training.n_iters = 2500
     return config

@@ -22,7 +22,6 @@ def get_config():
 
     d = config.data
     d.dataset = "fashion_mnist"
-    d.path = "/usr/share/datasets/fashion-mnist"
     d.image_size = 28
     d.num_channels = 1
     d.levels = 256
