@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sde_lib.data.scaling import dequantize_interval
-from sde_lib.sampling.api import check_score_shape
+from sde_lib.sampling.api import bind_score, check_score_shape
 from sde_lib.sdes import SDE, per_sample_keys
 from sde_lib.step_control import CountingPIDController
 
@@ -155,7 +155,7 @@ def _per_example_rms_max(state) -> jax.Array:
 
 
 @eqx.filter_jit
-def _solve(x, key, offset, sde, score_fn, *, trace, probe, n_probes, rtol, atol, eps, solver, product,
+def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol, atol, eps, solver, product,
            max_steps, error_norm):
     """One batched solve of the augmented ODE; compiled once per (shapes, SDE, score structure, options).
 
@@ -166,7 +166,7 @@ def _solve(x, key, offset, sde, score_fn, *, trace, probe, n_probes, rtol, atol,
         vectors = _basis(x)
     else:
         vectors = draw_probes(key, x.shape, probe, n_probes, offset, x.dtype)
-    field = probability_flow_field(sde, score_fn, vectors, exact=trace == "exact", product=product)
+    field = probability_flow_field(sde, bind_score(score_fn, cond), vectors, exact=trace == "exact", product=product)
     tab = solver.tableau
     norm = _per_example_rms_max if error_norm == "per_example" else _batch_rms
     pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
@@ -216,7 +216,7 @@ def _solve_options(sde, *, trace="hutchinson", probe="rademacher", n_probes=1, r
                 product=product, max_steps=int(max_steps), error_norm=error_norm)
 
 
-def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: str = "hutchinson",
+def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, cond=None, trace: str = "hutchinson",
                    probe: str = "rademacher", n_probes: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    eps: float = 1e-5, solver=None, product: str = "jvp", batch_size: int | None = None,
                    max_steps: int = 4096, error_norm: str = "per_example"):
@@ -227,6 +227,8 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
         Pytree score functions (``ModelScore``, ``MixtureScore``) are traced: another parameter set of
         the same shapes reuses the compiled solve.
       x: ``(B, *dims)`` points at time eps; key: PRNG key for Hutchinson probes (unused for "exact").
+      cond: optional condition (leaves with leading dimension B): log p(x | cond) of a conditional score
+        ``score_fn(x, t, cond)``, e.g. ``{"label": (B,)}``.
       trace: "exact" (D products per evaluation: low-dimensional data) or "hutchinson".
       probe, n_probes: Hutchinson probe law ("rademacher" | "gaussian") and probes averaged per
         evaluation; drawn once per solve, example i's from (key, i).
@@ -255,22 +257,22 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, trace: s
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
-    _check_inputs(score_fn, x)
+    _check_inputs(score_fn, x, cond)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
-    outs = [out for _, out in _chunked_solves(sde, score_fn, x, key, batch_size, options)]
+    outs = [out for _, out in _chunked_solves(sde, score_fn, x, cond, key, batch_size, options)]
     logp, info = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
     _warn_failed(info["ok"])
     return logp, info
 
 
-def _check_inputs(score_fn, x) -> None:
+def _check_inputs(score_fn, x, cond=None) -> None:
     """Eager checks before a solve: the score's output shape, and finite inputs (a NaN row would stall
     the shared step control of the whole batch)."""
-    check_score_shape(score_fn, tuple(x.shape))
+    check_score_shape(score_fn, tuple(x.shape), None if cond is None else jax.tree.map(lambda a: a[: x.shape[0]], cond))
     if not isinstance(x, jax.core.Tracer):
         bad = np.flatnonzero(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1))
         if bad.size:
@@ -283,7 +285,7 @@ def _warn_failed(ok) -> None:
                       f"score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
 
 
-def _chunked_solves(sde, score_fn, x, key, batch_size, options):
+def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
     """Yield ``(rows, (logp, info))`` per chunk of ``batch_size`` rows (all rows if None).
 
     The last chunk is padded by repeating its last row so every chunk has one shape (one compilation);
@@ -291,11 +293,16 @@ def _chunked_solves(sde, score_fn, x, key, batch_size, options):
     """
     n = x.shape[0]
     size = n if batch_size is None else min(int(batch_size), n)
+
+    def rows(a, start):
+        part = a[start:start + size]
+        pad = size - part.shape[0]
+        return jnp.concatenate([part, jnp.repeat(part[-1:], pad, axis=0)]) if pad else part
+
     for start in range(0, n, size):
-        chunk = x[start:start + size]
-        pad = size - chunk.shape[0]
-        chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-        logp, info = _solve(chunk, key, jnp.asarray(start, jnp.int32), sde, score_fn, **options)
+        pad = size - min(size, n - start)
+        chunk_cond = None if cond is None else jax.tree.map(lambda a: rows(jnp.asarray(a), start), cond)
+        logp, info = _solve(rows(x, start), key, jnp.asarray(start, jnp.int32), sde, score_fn, chunk_cond, **options)
         yield size - pad, jax.tree.map(lambda a: a[:size - pad], (logp, info))
 
 
@@ -331,7 +338,7 @@ def _validate_levels(k, levels):
 
 
 def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0.0, 1.0),
-                 n_dequant: int = 1, batch_size: int | None = None, progress: bool = False, **options):
+                 n_dequant: int = 1, batch_size: int | None = None, progress: bool = False, cond=None, **options):
     """Bits/dim of discrete data ``k`` (integers 0..L-1, ``(B, *dims)``) under the PF-ODE model.
 
     Derivation. The data are mapped to the model's space by x = lo + (hi - lo)(k + u)/L, so the discrete
@@ -346,6 +353,7 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     is (in expectation) an upper bound on the model's negative log-likelihood of the discrete data.
 
     Host-level driver (validates ``k`` eagerly, loops over chunks and draws); each solve is compiled.
+    With ``cond`` (leaves with leading dimension B) it is the conditional model's bits/dim of log p(k | cond).
     ``options`` go to :func:`log_likelihood` (trace, probe, n_probes, rtol, atol, eps, solver, product,
     max_steps, error_norm).
 
@@ -361,7 +369,7 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.
     options = _solve_options(sde, **options)
-    _check_inputs(score_fn, jnp.zeros((1, *k.shape[1:]), jnp.float32))
+    _check_inputs(score_fn, jnp.zeros((1, *k.shape[1:]), jnp.float32), cond)
     draws, nfes, oks = [], [], []
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
@@ -369,7 +377,7 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
         u = jax.vmap(lambda kk: jax.random.uniform(kk, k.shape[1:]))(per_sample_keys(k_deq, n))  # row i: (key, i)
         x = jnp.asarray(dequantize_interval(np.asarray(k), np.asarray(u), levels, lo, hi))
         row_bpd, row_nfe, row_ok = [], [], []
-        for rows, (logp, info) in _chunked_solves(sde, score_fn, x, k_probe, batch_size, options):
+        for rows, (logp, info) in _chunked_solves(sde, score_fn, x, cond, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))
             row_nfe.append(info["nfe"])
             row_ok.append(info["ok"])

@@ -26,7 +26,8 @@ import models
 from sde_lib import checkpoint as ckpt_lib
 from sde_lib import sampling, training
 from sde_lib.config import get_sde
-from sde_lib.data import data_dims, load_split
+from sde_lib.data import data_dims, load_labels, load_split
+from sde_lib.guidance import classifier_free
 from sde_lib.likelihood import bits_per_dim, log_likelihood
 from sde_lib.sdes import SDE
 
@@ -112,22 +113,56 @@ class Run:
                 f"{left:.0%} of the initial parameters in the EMA; its samples may be poor "
                 f"(train longer, or use the raw parameters: params='raw', sample.py --params raw)")
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional run (0: unconditional)."""
+        return int(self.config.model.get("num_classes", 0))
+
+    @property
+    def null_cond(self):
+        """The null condition of a conditional run (the unconditional branch of classifier-free guidance)."""
+        if not self.num_classes:
+            raise ValueError(f"{self.workdir} is an unconditional run (config.model.num_classes=0)")
+        return {"label": self.num_classes}
+
+    def label_cond(self, label, n: int) -> dict:
+        """``{"label": (n,)}`` from one class or ``n`` classes, checked against the run's classes."""
+        labels = np.broadcast_to(np.asarray(label), (int(n),)).astype(np.int32)
+        if not self.num_classes:
+            raise ValueError(f"{self.workdir} is unconditional: it takes no label (config.model.num_classes=0)")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"labels must be in 0..{self.num_classes - 1}, got {sorted(set(labels.tolist()))}")
+        return {"label": jax.numpy.asarray(labels)}
+
     def sample(self, key: jax.Array, n: int, sampler: str | None = None, steps: int | None = None, *,
-               eps: float | None = None, denoise: bool | None = None, x_init=None, **options):
+               label=None, guidance: float | None = None, cond=None, eps: float | None = None,
+               denoise: bool | None = None, x_init=None, **options):
         """``n`` samples ``(n, *dims)`` in data space and ``info`` (see :func:`sde_lib.sampling.sample`).
 
         ``sampler``, ``steps``, ``eps``, ``denoise`` and the sampler's options default to the run's
-        ``config.sampling`` (its ``options`` apply when the sampler is the config's own).
+        ``config.sampling`` (its ``options`` apply when the sampler is the config's own). Conditional
+        runs take ``label`` (one class or ``(n,)``) or a ``cond`` dict, and ``guidance`` w: classifier-free
+        guidance s_u + w (s_c - s_u) against the null condition (None: the conditional model itself);
+        without a condition a conditional run samples its unconditional branch.
         """
         s = self.config.sampling
         if int(n) < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if steps is not None and int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if label is not None:
+            if cond is not None:
+                raise ValueError("give label or cond, not both")
+            cond = self.label_cond(label, n)
+        score = self.score_fn
+        if guidance is not None:
+            if cond is None:
+                raise ValueError("guidance needs a condition (label or cond)")
+            score = classifier_free(score, self.null_cond, float(guidance))
         name = sampler or s.sampler
         opts = {**(dict(s.options) if name == s.sampler else {}), **options}
-        return sampling.sample(self.sde, self.score_fn, key, (int(n), *self.dims), sampler=name,
-                               steps=int(steps or s.steps), x_init=x_init,
+        return sampling.sample(self.sde, score, key, (int(n), *self.dims), sampler=name,
+                               steps=int(steps or s.steps), x_init=x_init, cond=cond,
                                eps=s.eps if eps is None else eps, denoise=s.denoise if denoise is None else denoise,
                                **opts)
 
@@ -137,8 +172,11 @@ class Run:
         return log_likelihood(self.sde, self.score_fn, x, key, **options)
 
     def bpd(self, split: str | None = None, *, num: int | None = None, n_dequant: int | None = None,
-            trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None) -> dict:
+            trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None, conditional: bool = False) -> dict:
         """Bits/dim (discrete data) or nats/dim (continuous data) of the PF-ODE model on ``split``.
+
+        ``conditional``: of a class-conditional run, log p(x | y) with each example's own label
+        (otherwise the unconditional branch, log p(x)).
 
         Uses the first ``num`` examples (default ``config.eval.num_samples``) of ``split`` (default
         ``config.eval.split``) and, for discrete data, ``n_dequant`` uniform dequantisation draws (default
@@ -151,11 +189,13 @@ class Run:
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         data = load_split(d, split)[: int(num or e.num_samples)]
+        cond = self.label_cond(load_labels(d, split)[: len(data)], len(data)) if conditional else None
         batch_size = int(batch_size or e.batch_size)
         start = time.perf_counter()
         key = jax.random.PRNGKey(seed)
         if d.levels is None:  # continuous data: the density itself, in nats per dimension
-            logp, info = self.log_likelihood(np.asarray(data, np.float32), key, trace=trace, batch_size=batch_size)
+            logp, info = self.log_likelihood(np.asarray(data, np.float32), key, trace=trace, batch_size=batch_size,
+                                             cond=cond)
             per_dim = -to_host(logp) / math.prod(data.shape[1:])
             return {"step": self.step, "split": split, "num": len(data), "nats_per_dim": float(np.mean(per_dim)),
                     "nats_per_dim_stderr": float(np.std(per_dim) / math.sqrt(len(per_dim))),
@@ -164,7 +204,7 @@ class Run:
         bpd, info = bits_per_dim(self.sde, self.score_fn, data, key, levels=d.levels,
                                  scale=(-1.0, 1.0) if d.centered else (0.0, 1.0),
                                  n_dequant=int(n_dequant or e.bpd_num_repeats), trace=trace,
-                                 batch_size=batch_size, eps=self.config.training.eps)
+                                 batch_size=batch_size, eps=self.config.training.eps, cond=cond)
         bpd = to_host(bpd)
         return {"step": self.step, "split": split, "num": len(data), "bpd": float(np.mean(bpd)),
                 "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "nfe": float(np.mean(to_host(info["nfe"]))),

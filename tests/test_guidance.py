@@ -192,3 +192,17 @@ def test_inpaint_bad_input():
         guidance.inpaint(sde, score, KEY, x, jnp.array([1.0, 0.0]), "replace", sampler="ode_adaptive")
     with pytest.raises(ValueError, match="orthonormal"):
         guidance.inpaint(sde, score, KEY, x, jnp.array([1.0, 0.0]), "replace", basis=jnp.ones((2, 2)))
+
+
+def test_conditional_likelihood_is_the_class_conditional_density(ring, sdes):
+    """log p(x | y) through the PF-ODE of the conditional score equals the class mixture's exact log p_eps,
+    and exceeds log p(x) by log(1 / p(y)) = log 2 for points well inside their class."""
+    sde = sdes["vp"]
+    x = ring.sample(jax.random.PRNGKey(3), 32)
+    labels = jnp.argmax(ring.class_log_prob_t(sde, x, 1e-5), axis=1)
+    lp_c, _ = sde_lib.likelihood.log_likelihood(sde, ring.score_fn(sde), x, KEY, trace="exact",
+                                                 cond={"label": labels}, batch_size=24)
+    exact = np.array([float(ring.conditional(int(y)).log_prob_t(sde, x[i:i + 1], 1e-5)[0])
+                      for i, y in enumerate(np.asarray(labels))])
+    np.testing.assert_allclose(lp_c, exact, atol=2e-3)
+    np.testing.assert_allclose(lp_c - ring.log_prob_t(sde, x, 1e-5), np.log(2.0), atol=2e-3)

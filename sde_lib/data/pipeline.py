@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from sde_lib.data import counter_rng, scaling
-from sde_lib.data.sources import load_split, parse
+from sde_lib.data.sources import load_labels, load_split, parse
 
 
 def _place(x: np.ndarray, sharding, global_shape: tuple[int, ...]):
@@ -36,11 +36,16 @@ class Dataset:
       batch_size: the global batch size B (summed over processes).
       seed: the run's seed (``config.seed``): shuffles, flips and dequantisation noise derive from it.
       process_index, process_count: this process's share; default ``jax.process_index()`` / ``count()``.
+      labels: also serve the class labels (``load_labels``): batches become ``{"x": ..., "label": ...}``.
     """
 
-    def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None):
+    def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None,
+                 labels: bool = False):
         self.spec = parse(data_cfg)
         self.x = load_split(self.spec, split)
+        self.y = load_labels(self.spec, split) if labels else None
+        if self.y is not None and len(self.y) != len(self.x):
+            raise ValueError(f"{self.spec.dataset} {split}: {len(self.x)} examples but {len(self.y)} labels")
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.process_index = jax.process_index() if process_index is None else int(process_index)
         self.process_count = jax.process_count() if process_count is None else int(process_count)
@@ -104,8 +109,13 @@ class Dataset:
         key = counter_rng.make_key(self.seed, counter_rng.AUGMENT, epoch)
         return self._transform(self._local(idx), key, self.spec.random_flip, self.spec.uniform_dequantization)
 
+    def labels_at(self, step: int) -> np.ndarray:
+        """This process's labels ``(B/P,)`` of training step ``step`` (row for row with :meth:`batch_at`)."""
+        return self.y[self._local(self.indices_at(step)[1])]
+
     def iterate(self, start_step: int = 0, *, sharding=None, steps_per_call: int = 1) -> Iterator:
-        """Endless batches from ``start_step``: ``(B, *dims)``, or ``(k, B, *dims)`` for k = steps_per_call > 1.
+        """Endless batches from ``start_step``: ``(B, *dims)``, or ``(k, B, *dims)`` for k = steps_per_call > 1;
+        with labels, ``{"x": that, "label": (B,) or (k, B)}``.
 
         With ``sharding`` each item is a global ``jax.Array`` built from every process's rows (the
         sharding must split the batch axis: axis 0, or axis 1 when stacked); else a host NumPy array.
@@ -114,16 +124,20 @@ class Dataset:
         if k < 1:
             raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
         step = int(start_step)
+        lead = (self.batch_size,) if k == 1 else (k, self.batch_size)
         while True:
-            if k == 1:
-                yield _place(self.batch_at(step), sharding, (self.batch_size, *self.dims))
+            steps = [step] if k == 1 else [step + i for i in range(k)]
+            pick = (lambda a: a[0]) if k == 1 else np.stack
+            x = _place(pick([self.batch_at(s) for s in steps]), sharding, (*lead, *self.dims))
+            if self.y is None:
+                yield x
             else:
-                block = np.stack([self.batch_at(step + i) for i in range(k)])
-                yield _place(block, sharding, (k, self.batch_size, *self.dims))
+                yield {"x": x, "label": _place(pick([self.labels_at(s) for s in steps]), sharding, lead)}
             step += k
 
     def eval_batches(self, *, repeat: int = 0, dequantize: bool | None = None, sharding=None) -> Iterator:
-        """The whole split in order, no flips: ``(x (B, *dims), mask (B,) bool)`` per global batch.
+        """The whole split in order, no flips: ``(x (B, *dims), mask (B,) bool)`` per global batch (``x`` a
+        ``{"x", "label"}`` dict with labels).
 
         The last batch is padded with copies of example 0, marked False in ``mask``. ``dequantize``
         (default: True for discrete data, as bits/dim needs) draws fresh noise per ``repeat``.
@@ -137,8 +151,10 @@ class Dataset:
             idx = np.arange(start, start + b)
             mask = idx < self.num_examples
             idx = self._local(np.where(mask, idx, 0))
-            x = self._transform(idx, key, False, dequantize)
-            yield _place(x, sharding, (b, *self.dims)), _place(self._local(mask), sharding, (b,))
+            x = _place(self._transform(idx, key, False, dequantize), sharding, (b, *self.dims))
+            if self.y is not None:
+                x = {"x": x, "label": _place(self.y[idx], sharding, (b,))}
+            yield x, _place(self._local(mask), sharding, (b,))
 
 
 def make_iterator(config, split: str = "train", start_step: int = 0, *, sharding=None, process_index=None,

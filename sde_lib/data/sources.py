@@ -185,6 +185,45 @@ def load_split(data_cfg, split: str) -> np.ndarray:
     return _check(x, spec, source)
 
 
+def load_labels(data_cfg, split: str) -> np.ndarray:
+    """The class labels ``(N,)`` int32 of ``split``, row for row with :func:`load_split`.
+
+    Digits: scikit-learn's targets; Fashion-MNIST: ``{train,t10k}-labels-idx1-ubyte[.gz]``; CIFAR-10: the
+    first byte of each record; toy mixtures: each draw's component label; ``.npz``: arrays
+    ``train_labels`` / ``test_labels`` beside ``train`` / ``test``, or ``y`` beside ``x`` (split alike).
+    """
+    spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not one of {SPLITS}")
+    if spec.dataset == "toy":
+        return toy.toy_labels(spec.toy_name, spec.seed, split, toy.SIZES[split])
+    if spec.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        y = load_digits().target
+        return y[split_indices(len(y), split, spec.seed)].astype(np.int32)
+    if spec.dataset == "fashion_mnist":
+        stem = os.path.join(spec.path, ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte")
+        for candidate in (stem, stem + ".gz"):
+            if os.path.isfile(candidate):
+                return readers.read_idx(candidate).astype(np.int32)
+        raise FileNotFoundError(f"Fashion-MNIST labels not found: {stem}[.gz] (apt-get install dataset-fashion-mnist)")
+    if spec.dataset == "cifar10":
+        folder = os.path.join(spec.path, "cifar-10-batches-bin")
+        folder = folder if os.path.isdir(folder) else spec.path
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+        x = [np.fromfile(os.path.join(folder, n), np.uint8) for n in names]  # validated by load_split
+        return np.concatenate([a[:: readers.CIFAR_RECORD] for a in x]).astype(np.int32)
+    if spec.dataset == "npz":
+        arrays = readers.read_npz(spec.path)
+        if f"{split}_labels" in arrays:
+            return np.asarray(arrays[f"{split}_labels"]).astype(np.int32)
+        if "y" in arrays and "x" in arrays:
+            return np.asarray(arrays["y"])[split_indices(len(arrays["y"]), split, spec.seed)].astype(np.int32)
+        raise ValueError(f"{spec.path}: no labels (arrays train_labels / test_labels, or y beside x)")
+    raise ValueError(f"dataset {spec.dataset!r} has no labels")
+
+
 def data_dims(data_cfg) -> tuple[int, ...]:
     """Shape of one example: ``(H, W, C)`` for images, ``(D,)`` for vectors."""
     spec = parse(data_cfg)

@@ -45,6 +45,20 @@ def _normals(key, n: int, d: int) -> np.ndarray:
 
 def toy_samples(name: str, seed: int, split: str, n: int) -> np.ndarray:
     """``(n, D)`` float32 draws of the toy set ``name``; a different stream per (seed, split)."""
+    return _draw(name, seed, split, n)[0]
+
+
+def toy_labels(name: str, seed: int, split: str, n: int) -> np.ndarray:
+    """``(n,)`` int32 class of each draw of :func:`toy_samples` (a mixture component's label); only the
+    mixture toy sets have labels."""
+    labels = _draw(name, seed, split, n)[1]
+    if labels is None:
+        raise ValueError(f"toy set {name!r} has no classes; the mixture sets ('mixture', {MIXTURES}) do")
+    return labels
+
+
+def _draw(name: str, seed: int, split: str, n: int):
+    """(draws, labels or None) of the toy set ``name``."""
     if name not in TOY_NAMES:
         raise ValueError(f"config.data.toy_name={name!r} is not one of {TOY_NAMES}")
     code = _SPLIT_CODE[split]
@@ -58,6 +72,7 @@ def toy_samples(name: str, seed: int, split: str, n: int) -> np.ndarray:
         comp = np.minimum(np.searchsorted(cdf / cdf[-1], u[:, 0], side="right"), len(cdf) - 1)
         z = _normals(key_z, n, gmm.dim)
         x = np.asarray(gmm.means, np.float64)[comp] + np.asarray(gmm.stds, np.float64)[comp, None] * z
+        return x.astype(np.float32), np.asarray(gmm.labels)[comp].astype(np.int32)
     elif name == "checkerboard":
         # Cell c in 0..7 -> row i = c // 2 and a column j with i + j even.
         cell = np.floor(u[:, 0] * 8).astype(np.int64)
@@ -77,4 +92,4 @@ def toy_samples(name: str, seed: int, split: str, n: int) -> np.ndarray:
     else:
         t = 1.5 * np.pi * (1.0 + 2.0 * u[:, 0])
         x = np.stack([t * np.cos(t), t * np.sin(t)], axis=-1) / 5.0 + 0.05 * _normals(key_z, n, 2)
-    return x.astype(np.float32)
+    return x.astype(np.float32), None

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import numpy as np
 
-from sde_lib.data import load_split, parse, scale, split_indices, unscale
-from sde_lib.data.readers import CIFAR_RECORD, read_idx
-from sde_lib.data.sources import DataSpec
+from sde_lib.data import load_split, parse, scale, unscale
+from sde_lib.data.sources import DataSpec, load_labels
 
 LABELLED = ("digits", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10
@@ -56,32 +54,13 @@ def image_spec(data_cfg) -> DataSpec:
     return spec
 
 
-def _labels(spec: DataSpec, split: str) -> np.ndarray:
-    if spec.dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        y = load_digits().target
-        return y[split_indices(len(y), split, spec.seed)]
-    if spec.dataset == "fashion_mnist":
-        stem = os.path.join(spec.path, ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte")
-        for candidate in (stem, stem + ".gz"):
-            if os.path.isfile(candidate):
-                return read_idx(candidate)
-        raise FileNotFoundError(f"Fashion-MNIST labels not found: {stem}[.gz]")
-    folder = os.path.join(spec.path, "cifar-10-batches-bin")
-    folder = folder if os.path.isdir(folder) else spec.path
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
-    # The label is the first byte of each record; read_cifar_bin has validated the files already.
-    return np.concatenate([np.fromfile(os.path.join(folder, n), np.uint8)[::CIFAR_RECORD] for n in names])
-
-
 @functools.lru_cache(maxsize=4)
 def real_sets(spec: DataSpec) -> RealSets:
     """The test / held / rest parts of ``spec``'s data set (see the module docstring); cached per spec."""
     spec = image_spec(spec)
     parts = {}
     for split in ("train", "test"):
-        x, y = load_split(spec, split), _labels(spec, split).astype(np.int32)
+        x, y = load_split(spec, split), load_labels(spec, split)
         if len(x) != len(y):
             raise ValueError(f"{spec.dataset} {split}: {len(x)} images but {len(y)} labels")
         parts[split] = (x, y)
