@@ -3,7 +3,9 @@
     python scripts/sample.py --workdir=runs/digits_vp [--sampler=dpm_solver_pp_3m] [--steps=20] [--num=64]
 
 Sampler, steps, options and count default to the run's config.sampling; --option NAME=VALUE (repeatable)
-sets a sampler option, e.g. --option eta=0.5. Reads the run folder only. Writes OUT.png and OUT.npz (arrays
+sets a sampler option, e.g. --option eta=0.5. Class-conditional runs take --label (a class, a comma list,
+or ``all``: one row of --num samples per class, labelled) and --guidance W (classifier-free guidance
+s_u + W (s_c - s_u); without it the conditional model itself). Reads the run folder only. Writes OUT.png and OUT.npz (arrays
 ``samples``, ``nfe``, ``step``) with OUT = --out, default out/samples/<run>/<sampler>_<steps>_seed<seed>;
 existing files are kept unless --overwrite.
 """
@@ -25,6 +27,8 @@ _PARAMS = flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw (last) 
 _STEP = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the newest).")
 _OUT = flags.DEFINE_string("out", None, "Output path without extension.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+_LABEL = flags.DEFINE_string("label", None, "Class(es) of a conditional run: N, N,M,..., or 'all' (a row per class).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (conditional runs).")
 
 
 def parse_options(items: list[str]) -> dict:
@@ -40,6 +44,17 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
+def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
+    if text is None:
+        return None
+    if text == "all":
+        return list(range(num_classes))
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--label must be a class, a comma-separated list of classes or 'all', got {text!r}") from None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,7 +65,8 @@ def main(argv):
     import jax
     import numpy as np
 
-    from sde_lib import cli, report
+    from sde_lib import cli, logging_utils, report
+    from sde_lib.data import to_uint8
     from sde_lib.runs import load_run
     from sde_lib.trainer import samples_to_png
 
@@ -62,19 +78,36 @@ def main(argv):
         run = load_run(_WORKDIR.value, _STEP.value, _PARAMS.value)
         s = run.config.sampling
         sampler, steps, num = _SAMPLER.value or s.sampler, _STEPS.value or s.steps, _NUM.value or s.batch_size
+        labels = parse_labels(_LABEL.value, run.num_classes)
+        if _GUIDANCE.value is not None and labels is None:
+            raise ValueError("--guidance needs --label (the class to guide towards)")
         run_name = os.path.basename(os.path.normpath(_WORKDIR.value))
-        out = _OUT.value or os.path.join("out", "samples", run_name, f"{sampler}_{steps}_seed{_SEED.value}")
+        tag = "" if labels is None else f"_label{_LABEL.value.replace(',', '-')}"
+        tag += "" if _GUIDANCE.value is None else f"_w{_GUIDANCE.value:g}"
+        out = _OUT.value or os.path.join("out", "samples", run_name, f"{sampler}_{steps}{tag}_seed{_SEED.value}")
         report.check_outputs([out + ".png", out + ".npz"], _OVERWRITE.value)
         start = time.perf_counter()
-        x, info = run.sample(jax.random.PRNGKey(_SEED.value), num, sampler, steps, denoise=_DENOISE.value, **options)
+        per_row = None if labels is None else np.repeat(labels, num)
+        x, info = run.sample(jax.random.PRNGKey(_SEED.value), num if labels is None else len(per_row), sampler, steps,
+                             label=per_row, guidance=_GUIDANCE.value, denoise=_DENOISE.value, **options)
         x = np.asarray(x)
         seconds = time.perf_counter() - start
         nfe = float(np.mean(np.asarray(info["nfe"])))
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        np.savez(out + ".npz", samples=x, nfe=nfe, step=run.step)
-        samples_to_png(run.config, x, out + ".png")
+        np.savez(out + ".npz", samples=x, nfe=nfe, step=run.step, **({} if labels is None else {"labels": per_row}))
+        if labels is None or x.ndim != 4:
+            samples_to_png(run.config, x, out + ".png")
+        else:
+            d = run.config.data
+            images = to_uint8(x, d.levels or 256, d.centered)
+            title = f"{run_name} step {run.step}: {sampler}, {steps} steps ({nfe:g} NFE)" + (
+                "" if _GUIDANCE.value is None else f", guidance {_GUIDANCE.value:g}")
+            grid = logging_utils.labelled_rows([images[i * num:(i + 1) * num] for i in range(len(labels))],
+                                               [f"class {c}" for c in labels], title)
+            logging_utils.save_png(out + ".png", grid)
     print(json.dumps({"step": run.step, "params": run.params, "sampler": sampler, "steps": int(steps), "nfe": nfe,
-                      "num": len(x), "seconds": seconds, "png": out + ".png", "npz": out + ".npz"}))
+                      "num": len(x), "labels": labels, "guidance": _GUIDANCE.value, "seconds": seconds,
+                      "png": out + ".png", "npz": out + ".npz"}))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,32 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np
     return grid
 
 
+def labelled_rows(rows: list[np.ndarray], labels: list[str], title: str | None = None, cell: int = 64) -> np.ndarray:
+    """Rows of uint8 images ``(n, H, W, C)``, each enlarged (nearest neighbour) to about ``cell`` pixels
+    per image, with its label written to the left and an optional title on top; returns ``(., ., 3)``
+    uint8. For grids people read: one row per class, prompt or sampler."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(12, cell // 4))
+    scale = max(1, cell // max(rows[0].shape[1:3]))
+    strips = [Image.fromarray(image_grid(r, ncols=len(r))) for r in rows]
+    strips = [s.resize((s.width * scale, s.height * scale), Image.NEAREST) for s in strips]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(measure.textlength(str(t), font=font)) for t in labels) + 12
+    title_h = (font.size + 12) if title else 0
+    canvas = Image.new("RGB", (label_w + max(s.width for s in strips), title_h + sum(s.height for s in strips)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 4), title, fill="black", font=font)
+    y = title_h
+    for strip, text in zip(strips, labels):
+        canvas.paste(strip, (label_w, y))
+        draw.text((6, y + strip.height // 2), str(text), fill="black", font=font, anchor="lm")
+        y += strip.height
+    return np.asarray(canvas)
+
+
 def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
     """Write an ``(H, W, 3)`` uint8 image, enlarged ``scale`` times with nearest-neighbour pixels."""
     img = Image.fromarray(image)
