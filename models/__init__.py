@@ -46,7 +46,7 @@ def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
                     fourier_scale=m.fourier_scale, skip_rescale=m.skip_rescale, init_scale=m.init_scale,
                     resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
                     progressive_input=m.progressive_input, num_classes=m.num_classes,
-                    concat_channels=m.concat_channels, rngs=rngs)
+                    concat_channels=m.concat_channels, remat=m.remat, rngs=rngs)
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")
 
 

@@ -1,4 +1,4 @@
-"""Shared building blocks: score_sde's initialiser, noise-level embeddings, GroupNorm sizing.
+"""Shared building blocks: score_sde's initialiser, noise-level embeddings, GroupNorm.
 
 Embeddings map a per-example conditioning scalar ``c`` of shape ``(B,)`` (whatever the SDE-side adapter
 chooses: a time, ``999 t``, ``log sigma``, EDM's ``log(sigma)/4``) to features ``(B, dim)``.
@@ -45,8 +45,33 @@ def num_groups(channels: int) -> int:
     return g
 
 
-def group_norm(channels: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    return nnx.GroupNorm(channels, num_groups=num_groups(channels), epsilon=1e-6, rngs=rngs)
+class GroupNorm(nnx.Module):
+    """GroupNorm over the channels (last axis) with score_sde's group count and epsilon 1e-6.
+
+    ``(B, *spatial, C) -> (B, *spatial, C)``. The same maths and parameters (``scale``, ``bias``, each
+    ``(C,)``) as ``nnx.GroupNorm`` with its fast variance E[x^2] - E[x]^2, computed the way a CPU likes:
+    per-channel sums over the spatial axes (the channel axis stays contiguous, so the reductions
+    vectorise) are pooled into group statistics on the tiny ``(B, C)`` arrays, and the normalisation
+    becomes one per-(example, channel) multiply-add, ``x a + d``, that XLA fuses into its neighbours.
+    ``nnx.GroupNorm`` reduces over the minor axis of a ``(B, HW, G, C/G)`` view instead: 6x slower
+    forward on this CPU. Statistics are float32 whatever ``x``'s dtype; the output has ``x``'s dtype.
+    """
+
+    def __init__(self, channels: int, epsilon: float = 1e-6):
+        self.num_groups, self.epsilon = num_groups(channels), epsilon
+        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        xf = x.reshape(b, -1, c).astype(jnp.float32)
+        mean = jnp.mean(xf, axis=1).reshape(b, g, c // g).mean(-1)  # (B, G)
+        mean_sq = jnp.mean(jnp.square(xf), axis=1).reshape(b, g, c // g).mean(-1)
+        rstd = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+        a = jnp.repeat(rstd, c // g, axis=1) * self.scale[...]  # (B, C)
+        d = self.bias[...] - jnp.repeat(mean, c // g, axis=1) * a
+        shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+        return x * a.reshape(shape).astype(x.dtype) + d.reshape(shape).astype(x.dtype)
 
 
 def positional_embedding(c: jax.Array, dim: int, max_positions: float = 10_000.0) -> jax.Array:

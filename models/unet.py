@@ -25,15 +25,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import (
+    GroupNorm,
     LabelEmbedding,
     check_cond,
     conv3x3,
     embed_noise,
     embedding_dim,
-    group_norm,
     linear,
     num_groups,
 )
+from models.resample import downsample_mean, upsample_conv3x3, upsample_nearest
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE_INPUT = ("none", "residual")
@@ -42,17 +43,6 @@ PROGRESSIVE_INPUT = ("none", "residual")
 def _skip(x, h, skip_rescale: bool):
     """Residual sum, divided by sqrt(2) with ``skip_rescale`` so the variance does not grow with depth."""
     return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
-
-
-def upsample_nearest(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, 2H, 2W, C), each pixel copied to a 2x2 patch."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def downsample_mean(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H/2, W/2, C), mean over 2x2 patches."""
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class ResBlock(nnx.Module):
@@ -68,10 +58,10 @@ class ResBlock(nnx.Module):
                  up: bool = False, down: bool = False, dropout: float = 0.0, skip_rescale: bool = True,
                  init_scale: float = 0.0, rngs: nnx.Rngs):
         self.index, self.up, self.down, self.skip_rescale = index, up, down, skip_rescale
-        self.norm0 = group_norm(c_in, rngs)
+        self.norm0 = GroupNorm(c_in)
         self.conv0 = conv3x3(c_in, c_out, rngs)
         self.temb = linear(temb_dim, c_out, rngs) if temb_dim else None
-        self.norm1 = group_norm(c_out, rngs)
+        self.norm1 = GroupNorm(c_out)
         self.dropout = nnx.Dropout(dropout)
         self.conv1 = conv3x3(c_out, c_out, rngs, scale=init_scale)
         needs_shortcut = c_in != c_out or (biggan and (up or down))
@@ -80,19 +70,22 @@ class ResBlock(nnx.Module):
     def __call__(self, x, temb, train: bool, key):
         h = jax.nn.silu(self.norm0(x))
         if self.up:
-            h, x = upsample_nearest(h), upsample_nearest(x)
-        elif self.down:
-            h, x = downsample_mean(h), downsample_mean(x)
-        h = self.conv0(h)
+            # Both branches upsample after their linear maps, which commute with nearest upsampling:
+            # the fused up-conv halves the 3x3 conv's work, the 1x1 shortcut runs on a quarter of the pixels.
+            h = upsample_conv3x3(self.conv0, h)
+            x = upsample_nearest(x if self.shortcut is None else self.shortcut(x))
+        else:
+            if self.down:
+                h, x = downsample_mean(h), downsample_mean(x)
+            h = self.conv0(h)
+            if self.shortcut is not None:
+                x = self.shortcut(x)
         if self.temb is not None:
             h = h + self.temb(jax.nn.silu(temb))[:, None, None, :]
         h = jax.nn.silu(self.norm1(h))
         h = self.dropout(h, deterministic=not train,
                          rngs=None if key is None else jax.random.fold_in(key, self.index))
-        h = self.conv1(h)
-        if self.shortcut is not None:
-            x = self.shortcut(x)
-        return _skip(x, h, self.skip_rescale)
+        return _skip(x, self.conv1(h), self.skip_rescale)
 
 
 class AttnBlock(nnx.Module):
@@ -100,7 +93,7 @@ class AttnBlock(nnx.Module):
 
     def __init__(self, c: int, *, skip_rescale: bool, init_scale: float, rngs: nnx.Rngs):
         self.skip_rescale = skip_rescale
-        self.norm = group_norm(c, rngs)
+        self.norm = GroupNorm(c)
         self.q, self.k, self.v = (linear(c, c, rngs) for _ in range(3))
         self.out = linear(c, c, rngs, scale=init_scale)
 
@@ -108,7 +101,10 @@ class AttnBlock(nnx.Module):
         b, hh, ww, c = x.shape
         h = self.norm(x)
         q, k, v = (f(h).reshape(b, hh * ww, c) for f in (self.q, self.k, self.v))
-        w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / math.sqrt(c), axis=-1)
+        # Logits and softmax in float32 (at least), whatever the compute dtype.
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+        logits = logits / math.sqrt(c)
+        w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
         return _skip(x, self.out(h), self.skip_rescale)
 
@@ -125,19 +121,49 @@ class Resample(nnx.Module):
 
     def __call__(self, x):
         if self.up:
-            x = upsample_nearest(x)
-            return x if self.conv is None else self.conv(x)
+            return upsample_nearest(x) if self.conv is None else upsample_conv3x3(self.conv, x)
         return downsample_mean(x) if self.conv is None else self.conv(x)
 
 
 class Level(nnx.Module):
-    """One resolution of the encoder or decoder: residual blocks, attention, and the resampler."""
+    """One resolution of the encoder or decoder: residual blocks, attention, and the resampler.
+
+    In the encoder and the middle, ``attn[j]`` (if any) follows ``blocks[j]``; in the decoder the
+    attention follows the last block. ``pyramid`` is the strided conv of ``progressive_input='residual'``.
+    """
 
     def __init__(self, blocks, attn, resample, pyramid=None):
         self.blocks = nnx.List(blocks)
         self.attn = nnx.List(attn)
         self.resample = resample
         self.pyramid = pyramid
+
+    def encode(self, h, pyramid, temb, train: bool, key, skip_rescale: bool):
+        """Encoder level: ``(h, pyramid) -> (skip features [after each block, after downsampling], pyramid)``."""
+        hs = []
+        for j, block in enumerate(self.blocks):
+            h = block(h, temb, train, key)
+            h = self.attn[j](h) if j < len(self.attn) else h
+            hs.append(h)
+        if self.resample is not None:
+            h = self._resample(h, temb, train, key)
+            if self.pyramid is not None:
+                pyramid = h = _skip(self.pyramid(pyramid), h, skip_rescale)
+            hs.append(h)
+        return hs, pyramid
+
+    def decode(self, h, skips, temb, train: bool, key):
+        """Decoder level: each block takes ``h`` concatenated with the next of ``skips``, then attention and upsampling."""
+        for block, skip in zip(self.blocks, skips, strict=True):
+            h = block(jnp.concatenate([h, skip], axis=-1), temb, train, key)
+        for a in self.attn:
+            h = a(h)
+        return h if self.resample is None else self._resample(h, temb, train, key)
+
+    def _resample(self, h, temb, train, key):
+        if isinstance(self.resample, ResBlock):
+            return self.resample(h, temb, train, key)
+        return self.resample(h)
 
 
 class UNet(nnx.Module):
@@ -155,6 +181,12 @@ class UNet(nnx.Module):
     ``cond``: with ``num_classes`` > 0 a learned class embedding is added to the noise features
     (``cond["label"]``, the null class ``num_classes`` when absent; needs ``conditional``); with
     ``concat_channels`` > 0, ``cond["concat"]`` ``(B, H, W, concat_channels)`` is concatenated to the input.
+
+    Precision: the network computes in the promoted dtype of ``x`` and its parameters (bfloat16 when the
+    train step casts both, see ``training.compute_dtype``); GroupNorm statistics and the attention
+    softmax stay float32. ``remat=True`` wraps each level (encoder levels, middle, decoder levels) in
+    ``nnx.remat``: the backward pass keeps only the levels' outputs and recomputes their insides, which
+    trades about one extra forward pass for the activation memory of the blocks.
     """
 
     def __init__(self, *, image_size: int, num_channels: int, nf: int = 128, ch_mult=(1, 2, 2, 2),
@@ -162,7 +194,7 @@ class UNet(nnx.Module):
                  resblock_type: str = "biggan", embedding_type: str = "positional", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, init_scale: float = 0.0, resamp_with_conv: bool = True,
                  conditional: bool = True, progressive_input: str = "none", num_classes: int = 0,
-                 concat_channels: int = 0, rngs: nnx.Rngs):
+                 concat_channels: int = 0, remat: bool = False, rngs: nnx.Rngs):
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         if resblock_type not in RESBLOCK_TYPES:
             raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got {resblock_type!r}")
@@ -186,6 +218,7 @@ class UNet(nnx.Module):
             raise ValueError("num_classes > 0 needs conditional=True (the label joins the noise embedding)")
         self.label = LabelEmbedding(num_classes, embedding_dim(embedding_type, nf), rngs) if num_classes else None
         self.num_classes, self.concat_channels = int(num_classes), int(concat_channels)
+        self.remat = bool(remat)
 
         counter = itertools.count()  # block indices seed the per-block dropout keys
 
@@ -234,7 +267,7 @@ class UNet(nnx.Module):
             up.append(Level(blocks, attns, resample(c, up=True) if i != 0 else None))
         self.up = nnx.List(up)
 
-        self.norm_out = group_norm(c, rngs)
+        self.norm_out = GroupNorm(c)
         self.conv_out = conv3x3(c, num_channels, rngs, scale=init_scale)
 
     def __call__(self, x: jax.Array, c_noise: jax.Array, cond=None, *, train: bool = False,
@@ -244,9 +277,10 @@ class UNet(nnx.Module):
         if train and key is None and self.mid.blocks[0].dropout.rate > 0:
             raise ValueError("key is required when train=True and dropout > 0")
         key = key if train else None
-        temb = None
+        dtype = jnp.result_type(x, self.conv_in.kernel[...])
+        x, temb = x.astype(dtype), None
         if self.temb0 is not None:
-            e = embed_noise(c_noise, self.embedding_type, self.nf, self.fourier_scale)
+            e = embed_noise(c_noise, self.embedding_type, self.nf, self.fourier_scale).astype(dtype)
             if self.label is not None:
                 e = e + self.label(cond.get("label"), x.shape[0])
             temb = self.temb1(jax.nn.silu(self.temb0(e)))
@@ -259,29 +293,21 @@ class UNet(nnx.Module):
                                  f"got {extra.shape}")
             x = jnp.concatenate([x, extra], axis=-1)
 
-        def res(b, h):
-            return b(h, temb, train, key)
+        def encode(level, h, pyramid, temb, key):
+            return level.encode(h, pyramid, temb, train, key, self.skip_rescale)
 
-        pyramid = x
-        hs = [self.conv_in(x)]
+        def decode(level, h, skips, temb, key):
+            return level.decode(h, skips, temb, train, key)
+
+        if self.remat:  # keep only each level's outputs for the backward pass; recompute the rest
+            encode, decode = nnx.remat(encode), nnx.remat(decode)
+
+        hs, pyramid = [self.conv_in(x)], x
         for level in self.down:
-            for j, b in enumerate(level.blocks):
-                h = res(b, hs[-1])
-                hs.append(level.attn[j](h) if len(level.attn) else h)
-            if level.resample is not None:
-                h = res(level.resample, hs[-1]) if isinstance(level.resample, ResBlock) else level.resample(hs[-1])
-                if level.pyramid is not None:
-                    pyramid = h = _skip(level.pyramid(pyramid), h, self.skip_rescale)
-                hs.append(h)
-
-        h = res(self.mid.blocks[0], hs[-1])
-        h = res(self.mid.blocks[1], self.mid.attn[0](h))
-
+            out, pyramid = encode(level, hs[-1], pyramid, temb, key)
+            hs += out
+        h = encode(self.mid, hs[-1], None, temb, key)[0][-1]
         for level in self.up:
-            for b in level.blocks:
-                h = res(b, jnp.concatenate([h, hs.pop()], axis=-1))
-            for a in level.attn:
-                h = a(h)
-            if level.resample is not None:
-                h = res(level.resample, h) if isinstance(level.resample, ResBlock) else level.resample(h)
+            skips = [hs.pop() for _ in level.blocks]
+            h = decode(level, h, skips, temb, key)
         return self.conv_out(jax.nn.silu(self.norm_out(h)))
