@@ -15,6 +15,11 @@ One update (score_sde's recipe on optax):
 Data parallelism: the step is a ``jax.jit`` with the state replicated over a ``Mesh`` axis ``'batch'``
 and the batch split along it. The loss draws example i's time and noise from (key, i) and averages over
 the global batch, so the result does not depend on the device count beyond float32 summation order.
+
+Mixed precision (``training.compute_dtype='bfloat16'``): the step casts the float32 parameters and the
+network input to bfloat16 for the forward and backward pass and the network output back to float32;
+the loss, the gradients (the cast's transpose returns them in float32), the optimiser state, the EMA
+and the parameters themselves stay float32. Evaluation and sampling run in float32.
 """
 
 from __future__ import annotations
@@ -186,13 +191,18 @@ def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, m
     ema_rate = float(config.optim.ema_rate)
     warmup = bool(config.optim.ema_warmup)
     k = int(config.training.n_jitted_steps)
+    dtype = jnp.dtype(config.training.compute_dtype)
 
     def update(state: TrainState, x0):
         key_loss, key_dropout = jax.random.split(jax.random.fold_in(state.rng, state.step))
 
         def loss_of(params):
-            net = Network(graphdef, params)
-            return objective(lambda x, c: net(x, c, train=True, key=key_dropout), key_loss, x0)
+            net = Network(graphdef, jax.tree.map(lambda p: p.astype(dtype), params))
+
+            def model_fn(x, c):
+                return net(x.astype(dtype), c, train=True, key=key_dropout).astype(jnp.float32)
+
+            return objective(model_fn, key_loss, x0)
 
         loss, grads = jax.value_and_grad(loss_of)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
