@@ -1,27 +1,35 @@
-"""Speed benchmarks, measured side by side in one process (ratios are what to trust on a shared machine).
+"""Speed benchmarks (ratios measured side by side in one process are what to trust on a shared machine).
 
   sampler   wall time of sde_lib.sampling.sample vs a hand-written lax.scan loop doing the same steps with
             the same score network and batch (ode_euler, euler_maruyama), reported as ratios.
-  train     train-step images/s of DDPM++ at 32x32 (small nf) through sde_lib.training (compile excluded).
+  train     the trainer's jitted train step (sde_lib.training) of any config on synthetic data of the
+            config's shape: images/s (median over --repeats steps after --warmup), compile time, and peak
+            memory (CPU: the process's peak resident set during the timed steps and its rise over the
+            resident set before compiling; GPU/TPU: the device's peak_bytes_in_use), that per image, and
+            XLA's temporary buffers of the compiled step (the activations that model.remat reduces).
 
 Usage:
-  python scripts/benchmark.py sampler [--batch 512 --dim 64 --hidden 256 --steps 100 --repeats 7]
-  python scripts/benchmark.py train   [--nf 32 --res_blocks 1 --batch 32 --steps 5]
-Results print as a markdown table and go to --out (JSON).
+  python scripts/benchmark.py sampler [--batch=512 --dim=64 --hidden=256 --steps=100 --repeats=7]
+  python scripts/benchmark.py train [--config=configs/cifar10/vp_ddpmpp_continuous.py] [--config.model.nf=32 ...]
+                                    [--repeats=10 --warmup=2]
+``train`` takes the config file and ``--config.*`` overrides exactly as scripts/train.py does (default: the
+CIFAR-10 DDPM++ config). Results print as a markdown table and go to --out (JSON).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
 import models
 import sde_lib
@@ -66,16 +74,29 @@ def _scan_baseline(sde, score_fn, steps: int, eps: float, stochastic: bool):
     return run
 
 
-def bench_sampler(args) -> list[dict]:
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(ROOT, "configs", "cifar10", "vp_ddpmpp_continuous.py"),
+    "train: experiment config file (get_config()), with --config.* overrides as in scripts/train.py.", lock_config=True)
+_BATCH = flags.DEFINE_integer("batch", 512, "sampler: batch size.")
+_DIM = flags.DEFINE_integer("dim", 64, "sampler: data dimension.")
+_HIDDEN = flags.DEFINE_integer("hidden", 256, "sampler: MLP width.")
+_STEPS = flags.DEFINE_integer("steps", 100, "sampler: solver steps.")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed repetitions (default: sampler 7, train 10).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "train: untimed steps after compilation.")
+_OUT = flags.DEFINE_string("out", None, "JSON output path (default out/benchmark_<what>.json).")
+
+
+def bench_sampler(batch: int, dim: int, hidden: int, steps: int, repeats: int) -> list[dict]:
     sde = sde_lib.VPSDE()
-    score_fn = _mlp_score(args.dim, args.hidden, sde)
-    shape = (args.batch, args.dim)
+    score_fn = _mlp_score(dim, hidden, sde)
+    shape = (batch, dim)
     x_T = sde.prior_sampling(jax.random.PRNGKey(1), shape)
     rows = []
     for name, stochastic in (("ode_euler", False), ("euler_maruyama", True)):
-        ours = jax.jit(lambda k, x, name=name: sampling.sample(sde, score_fn, k, shape, name, steps=args.steps,
+        ours = jax.jit(lambda k, x, name=name: sampling.sample(sde, score_fn, k, shape, name, steps=steps,
                                                                 x_init=x)[0])
-        base = _scan_baseline(sde, score_fn, args.steps, sampling.default_eps(sde), stochastic)
+        base = _scan_baseline(sde, score_fn, steps, sampling.default_eps(sde), stochastic)
         key = jax.random.PRNGKey(0)
         if not stochastic:  # same maths, same grid: the outputs agree to float32 rounding
             a, b = ours(key, x_T), base(key, x_T)
@@ -84,12 +105,12 @@ def bench_sampler(args) -> list[dict]:
             diff = float("nan")
         _timed(ours, key, x_T), _timed(base, key, x_T)  # compile both before timing
         t_ours, t_base = [], []
-        for r in range(args.repeats):  # alternate so that load drifts hit both alike
+        for r in range(repeats):  # alternate so that load drifts hit both alike
             t_ours.append(_timed(ours, jax.random.PRNGKey(r), x_T))
             t_base.append(_timed(base, jax.random.PRNGKey(r), x_T))
         mo, mb = statistics.median(t_ours), statistics.median(t_base)
-        rows.append({"sampler": name, "steps": args.steps, "batch": args.batch, "dim": args.dim,
-                     "hidden": args.hidden, "ours_s": mo, "scan_s": mb, "ratio": mo / mb,
+        rows.append({"sampler": name, "steps": steps, "batch": batch, "dim": dim,
+                     "hidden": hidden, "ours_s": mo, "scan_s": mb, "ratio": mo / mb,
                      "max_rel_diff": diff})
     print("| sampler | steps | batch x dim | ours (s) | lax.scan (s) | ratio | max rel. diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -99,65 +120,127 @@ def bench_sampler(args) -> list[dict]:
     return rows
 
 
-def bench_train(args) -> list[dict]:
-    """Images/s of the jitted DDPM++ train step (configs/cifar10/vp_ddpmpp_continuous.py) at 32x32."""
-    import runpy
+def _resident_bytes(field: str) -> int | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, from /proc (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return None
 
+
+def _reset_peak_resident() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM), so the peak covers the timed steps only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory(device, peak_reset: bool, baseline: int | None) -> tuple[str, int | None, int | None]:
+    """(what was measured, peak bytes, bytes the step added): the device's peak_bytes_in_use (all of it
+    the step's: state, batch, temporaries), else the process's peak resident set and its rise over
+    ``baseline`` (the resident set before compiling: the compiled program, its buffers, the allocator's cache)."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        peak = int(stats["peak_bytes_in_use"])
+        return "device peak_bytes_in_use", peak, peak
+    if peak_reset:
+        kind, peak = "peak resident set during the timed steps", _resident_bytes("VmHWM")
+    else:
+        kind, peak = "peak resident set of the process", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return kind, peak, None if peak is None or baseline is None else peak - baseline
+
+
+def bench_train(config, repeats: int, warmup: int) -> list[dict]:
+    """Time ``config``'s train step as the trainer builds it (``training.n_jitted_steps`` updates per call)."""
     from sde_lib import training
+    from sde_lib.config import validate_config
+    from sde_lib.data import data_dims
 
-    cfg_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "cifar10",
-                            "vp_ddpmpp_continuous.py")
-    config = runpy.run_path(cfg_path)["get_config"]()
-    config.model.nf = args.nf
-    config.model.num_res_blocks = args.res_blocks
-    config.training.batch_size = args.batch
-    config.training.n_jitted_steps = 1
-    optimizer = training.make_optimizer(config.optim, config.training.n_iters)
-    graphdef, state = training.init_train_state(config, optimizer)
+    config = validate_config(config)
+    t, m = config.training, config.model
+    k = int(t.n_jitted_steps)
     mesh = training.make_mesh()
-    step = training.make_train_step(config, graphdef, optimizer, mesh)
-    batch = jax.device_put(jax.random.uniform(jax.random.PRNGKey(0), (args.batch, 32, 32, 3), minval=-1.0),
-                           training.batch_sharding(mesh))
+    optimizer = training.make_optimizer(config.optim, t.n_iters)
+    graphdef, state = training.init_train_state(config, optimizer)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = jax.device_put(state, training.replicated(mesh))
-    t = time.perf_counter()
-    state, _ = step(state, batch)
+    shape = ((k,) if k > 1 else ()) + (t.batch_size, *data_dims(config.data))
+    low = -1.0 if config.data.centered else 0.0
+    batch = jax.device_put(jax.random.uniform(jax.random.PRNGKey(0), shape, minval=low, maxval=1.0),
+                           training.batch_sharding(mesh, stacked=k > 1))
+    step = training.make_train_step(config, graphdef, optimizer, mesh)
+    baseline = _resident_bytes("VmRSS")  # the process before the step exists: Python, JAX, state, batch
+
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    buffers = compiled.memory_analysis()
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
     jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    per_step = (time.perf_counter() - t) / args.steps
-    row = {"model": "DDPM++ (cifar10 vp_ddpmpp_continuous)", "nf": args.nf, "num_res_blocks": args.res_blocks,
-           "batch": args.batch, "compile_s": compile_s, "step_s": per_step, "images_per_s": args.batch / per_step}
-    print("| model | nf | res blocks | batch | compile (s) | step (s) | images/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {row['model']} | {args.nf} | {args.res_blocks} | {args.batch} | {compile_s:.1f} | {per_step:.3f} "
-          f"| {row['images_per_s']:.1f} |")
+    peak_reset = _reset_peak_resident()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - start)
+    memory_kind, peak, added = _peak_memory(jax.local_devices()[0], peak_reset, baseline)
+
+    images = k * t.batch_size
+    step_s = statistics.median(times)
+    xla_bytes = None
+    if buffers is not None:  # arguments (state, batch) + outputs + temporaries, less donated aliases
+        xla_bytes = (buffers.argument_size_in_bytes + buffers.output_size_in_bytes + buffers.temp_size_in_bytes
+                     - buffers.alias_size_in_bytes)
+    mib = 2.0**20
+    row = {"model": m.name, "nf": m.nf, "ch_mult": list(m.ch_mult), "num_res_blocks": m.num_res_blocks,
+           "attn_resolutions": list(m.attn_resolutions), "dropout": m.dropout, "params": n_params,
+           "data": list(data_dims(config.data)), "batch": t.batch_size, "n_jitted_steps": k,
+           "compute_dtype": t.compute_dtype, "remat": bool(m.remat), "devices": len(mesh.devices.flat),
+           "compile_s": compile_s, "step_s": step_s, "step_s_all": times, "images_per_s": images / step_s,
+           "memory_kind": memory_kind, "peak_bytes": peak, "step_bytes": added,
+           "step_bytes_per_image": added and added / images,
+           "xla_temp_bytes": buffers and buffers.temp_size_in_bytes, "xla_total_bytes": xla_bytes,
+           "final_loss": float(metrics["loss"][-1])}
+    print(f"{m.name} nf={m.nf} ch_mult={tuple(m.ch_mult)} res_blocks={m.num_res_blocks} attn={tuple(m.attn_resolutions)} "
+          f"{'x'.join(map(str, data_dims(config.data)))} {n_params / 1e6:.2f}M params, {row['devices']} "
+          f"{jax.default_backend()} device(s); memory: {memory_kind}")
+    print("| batch | updates/call | dtype | remat | compile (s) | step (s) | images/s | peak (MiB) | step's (MiB) "
+          "| per image (MiB) | XLA temp (MiB) |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    fmt = lambda b: "-" if b is None else f"{b / mib:.1f}"  # noqa: E731
+    print(f"| {t.batch_size} | {k} | {t.compute_dtype} | {row['remat']} | {compile_s:.1f} | {step_s:.3f} "
+          f"| {row['images_per_s']:.1f} | {fmt(peak)} | {fmt(added)} | {fmt(row['step_bytes_per_image'])} "
+          f"| {fmt(row['xla_temp_bytes'])} |")
     return [row]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["sampler", "train"])
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--nf", type=int, default=32)
-    p.add_argument("--res_blocks", type=int, default=1, help="train: num_res_blocks (4 in the CIFAR-10 config)")
-    p.add_argument("--out", default=None, help="JSON output path (default out/benchmark_<what>.json)")
-    args = p.parse_args()
-    rows = bench_sampler(args) if args.what == "sampler" else bench_train(args)
-    out = args.out or f"out/benchmark_{args.what}.json"
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("sampler", "train"):
+        raise app.UsageError("usage: benchmark.py {sampler,train} [flags]; see --help")
+    what = argv[1]
+    repeats = _REPEATS.value or (7 if what == "sampler" else 10)
+    if what == "sampler":
+        rows = bench_sampler(_BATCH.value, _DIM.value, _HIDDEN.value, _STEPS.value, repeats)
+    else:
+        rows = bench_train(_CONFIG.value, repeats, _WARMUP.value)
+    out = _OUT.value or f"out/benchmark_{what}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     machine = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-               "cpu_count": os.cpu_count(), "platform": platform.platform()}
+               "cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(out, "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=2)
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    from sde_lib.cli import absl_flags_parser
+
+    app.run(main, flags_parser=absl_flags_parser)
