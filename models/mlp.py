@@ -26,6 +26,9 @@ class MLP(nnx.Module):
     ``dropout`` > 0 drops units of every layer's update SiLU(...) in training (inverted dropout, one
     mask per layer from ``fold_in(key, layer)``).
 
+    With ``out_dim`` the output is ``(B, out_dim)`` instead of the input's shape: the same network as a
+    noise-conditional classifier's logits (``out_dim`` classes).
+
     ``input_fourier`` = (w_1, ..., w_K): angular frequencies of extra input features sin(w_k x_i),
     cos(w_k x_i) for every input value x_i (VDM, Kingma et al. 2021, arXiv 2107.00630, sec. 3.3),
     so the first layer sees D (1 + 2K) values. With w = 2 pi / (bin width of the quantised data in
@@ -37,7 +40,7 @@ class MLP(nnx.Module):
     def __init__(self, dim: int, *, hidden: int = 128, n_layers: int = 3, embedding_type: str = "fourier",
                  fourier_scale: float = 16.0, init_scale: float = 0.0, dropout: float = 0.0,
                  input_fourier: tuple[float, ...] = (), embed_dim: int | None = None, num_classes: int = 0,
-                 concat_dim: int = 0, rngs: nnx.Rngs):
+                 concat_dim: int = 0, out_dim: int | None = None, rngs: nnx.Rngs):
         for name, value in (("dim", dim), ("hidden", hidden), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -53,11 +56,13 @@ class MLP(nnx.Module):
         widths = [dim * (1 + 2 * len(self.input_fourier)) + self.concat_dim] + [hidden] * n_layers
         self.layers = nnx.List([linear(a, b, rngs) for a, b in zip(widths[:-1], widths[1:])])
         self.cond = nnx.List([linear(emb, hidden, rngs, use_bias=False) for _ in range(n_layers)])
-        self.out = linear(hidden, dim, rngs, scale=init_scale)
+        self.out_dim = out_dim
+        self.out = linear(hidden, out_dim or dim, rngs, scale=init_scale)
 
     def __call__(self, x: jax.Array, c_noise: jax.Array, cond=None, *, train: bool = False,
                  key: jax.Array | None = None):
-        """(B, *dims), (B,) -> (B, *dims). ``train=True`` applies dropout with masks drawn from ``key``."""
+        """(B, *dims), (B,) -> (B, *dims) (or (B, out_dim)). ``train=True`` applies dropout with masks drawn
+        from ``key``."""
         cond = check_cond(cond, num_classes=self.num_classes, concat_channels=self.concat_dim, who="MLP")
         if train and self.dropout.rate > 0 and key is None:
             raise ValueError("MLP: train=True with dropout needs a PRNG key")
@@ -84,4 +89,5 @@ class MLP(nnx.Module):
             if train and self.dropout.rate > 0:
                 update = self.dropout(update, deterministic=False, rngs=jax.random.fold_in(key, i))
             h = update if i == 0 else h + update
-        return self.out(h).reshape(x.shape)
+        out = self.out(h)
+        return out if self.out_dim else out.reshape(x.shape)
