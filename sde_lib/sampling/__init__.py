@@ -4,8 +4,9 @@ Each solver module registers its samplers (``registry.register``) on import; the
 the order of :func:`available_samplers`.
 """
 
-from sde_lib.sampling import stochastic, probability_flow, exponential, edm  # noqa: F401  (registration)
+from sde_lib.sampling import stochastic, probability_flow, exponential, adams, edm  # noqa: F401  (registration)
 from sde_lib.sampling.api import default_eps, sample
+from sde_lib.sampling.calibration import Calibration, Teacher, calibrate, optimize_grid, teacher_solve
 from sde_lib.sampling.grids import TIME_GRIDS, time_grid
 from sde_lib.sampling.registry import (
     Option,
@@ -20,17 +21,22 @@ from sde_lib.sampling.registry import (
 )
 
 __all__ = [
+    "Calibration",
     "Option",
     "Sampler",
     "TIME_GRIDS",
+    "Teacher",
     "available_samplers",
+    "calibrate",
     "default_eps",
     "min_nfe",
     "nfe_per_step",
+    "optimize_grid",
     "register",
     "sample",
     "sampler_family",
     "steps_for_nfe",
+    "teacher_solve",
     "time_grid",
     "unregister",
 ]
