@@ -207,6 +207,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
            "memory_kind": memory_kind, "peak_bytes": peak, "step_bytes": added,
            "step_bytes_per_image": added and added / images,
            "xla_temp_bytes": buffers and buffers.temp_size_in_bytes, "xla_total_bytes": xla_bytes,
+           "xla_donated_bytes": buffers and buffers.alias_size_in_bytes,
            "final_loss": float(metrics["loss"][-1])}
     print(f"{m.name} nf={m.nf} ch_mult={tuple(m.ch_mult)} res_blocks={m.num_res_blocks} attn={tuple(m.attn_resolutions)} "
           f"{'x'.join(map(str, data_dims(config.data)))} {n_params / 1e6:.2f}M params, {row['devices']} "
