@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The schema: every field a config may have, with score_sde-like defaults (CIFAR-10-sized DDPM++, VP)."""
     c = ml_collections.ConfigDict()
     c.training = t = ml_collections.ConfigDict()
+    t.objective = "score"  # score | classifier (noise-conditional, for classifier guidance) | autoencoder
     t.sde = "vpsde"
     t.continuous = True
     t.weighting = "sigma2"  # sigma2: score_sde's lambda = sigma_t^2; likelihood(_is): g^2, optionally importance-sampled t
@@ -46,6 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
     t.eps = 1e-5  # smallest training time
     t.cond_drop_prob = 0.1  # conditional models: share of examples trained on the null condition (CFG)
     t.compute_dtype = "float32"  # "bfloat16": mixed precision (bf16 compute; float32 parameters, optimiser, loss)
+    t.rec_loss = "l1"  # autoencoder: reconstruction loss, l1 | l2 (summed over pixels)
+    t.kl_weight = 1e-6  # autoencoder: weight of KL(q(z | x) || N(0, I))
+    t.perceptual_weight = 0.0  # autoencoder: feature matching in the data set's classifier features
+    t.disc_weight = 0.0  # autoencoder: patch-GAN generator weight (0: no discriminator)
+    t.disc_start = 0  # autoencoder: updates before the discriminator joins
 
     c.sampling = s = ml_collections.ConfigDict()
     s.sampler = "pc"
@@ -102,6 +108,19 @@ def default_config() -> ml_collections.ConfigDict:
     m.num_classes = 0  # > 0: class-conditional (cond["label"]); index num_classes is the null class
     m.concat_channels = 0  # > 0: cond["concat"] channels concatenated to the input
     m.remat = False  # U-Net: recompute each level's activations in the backward pass (nnx.remat)
+    m.context = "none"  # none | caption | layout: cross-attention conditioning on token sequences
+    m.context_pooled = False  # baseline: the mean token embedding added to the noise embedding, no cross-attention
+    m.context_dim = 64  # width of the token encoder and of the context
+    m.context_len = 12  # tokens per condition (captions: words + 1)
+    m.context_depth = 2  # self-attention blocks of the token encoder
+    m.transformer_depth = 1  # transformer blocks of each SpatialTransformer (at model.attn_resolutions)
+    m.num_heads = 4  # attention heads of the SpatialTransformers and the token encoder
+    m.z_channels = 4  # autoencoder: latent channels
+    m.mid_attention = False  # autoencoder: self-attention in the middle blocks
+
+    c.first_stage = f = ml_collections.ConfigDict()  # latent diffusion: the frozen autoencoder run
+    f.workdir = ""  # an autoencoder run directory; "" = diffusion in data space
+    f.sample_latents = True  # train on posterior samples (True) or posterior means of the encoder
 
     c.optim = o = ml_collections.ConfigDict()
     o.optimizer = "Adam"
@@ -203,7 +222,7 @@ def _unet_checks(cfg):
         if groups < 1 or c % groups:
             _fail("model.nf", f"gives {c} channels (nf * ch_mult), which GroupNorm's min(C // 4, 32) groups do not divide")
     factor = 2 ** (len(m.ch_mult) - 1)
-    if cfg.data.image_size % factor:
+    if cfg.data.image_size % factor and not cfg.first_stage.workdir:  # a latent run's U-Net sees the latents
         _fail("data.image_size", f"must be divisible by 2**(len(model.ch_mult)-1) = {factor}, got {cfg.data.image_size}")
     from models.unet import PROGRESSIVE_INPUT, RESBLOCK_TYPES
 
@@ -271,6 +290,7 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     _positive(config, "model.concat_channels", allow_zero=True)
     _in_range(config, "training.cond_drop_prob", 0.0, 1.0)
     _one_of(config, "training.compute_dtype", ("float32", "bfloat16"))
+    _check_objective(config)
     if m.num_classes and m.name in models.UNET_NAMES and not m.conditional:
         _fail("model.num_classes", "needs model.conditional=True (the label joins the noise embedding)")
     if any(not (math.isfinite(w) and w > 0) for w in m.input_fourier):
@@ -298,6 +318,38 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
         _fail("data.num_channels", f"must be {toy.toy_dim(spec.toy_name)} (the dimension of toy {spec.toy_name!r}), "
                                    f"got {d.num_channels}")
     return config
+
+
+def _check_objective(config):
+    """The objective, the network and the conditioning fields fit together."""
+    from sde_lib.objectives import OBJECTIVES
+
+    t, m = config.training, config.model
+    _one_of(config, "training.objective", OBJECTIVES)
+    _one_of(config, "training.rec_loss", ("l1", "l2"))
+    for f in ("kl_weight", "perceptual_weight", "disc_weight", "disc_start"):
+        _positive(config, "training." + f, allow_zero=True)
+    _one_of(config, "model.context", ("none", "caption", "layout"))
+    for f in ("context_dim", "context_len", "context_depth", "transformer_depth", "num_heads", "z_channels"):
+        _positive(config, "model." + f)
+    wants = {"classifier": "classifier", "autoencoder": "autoencoder"}.get(t.objective)
+    if wants and m.name != wants:
+        _fail("model.name", f"must be {wants!r} for training.objective={t.objective!r}, got {m.name!r}")
+    if not wants and m.name in ("classifier", "autoencoder"):
+        _fail("training.objective", f"must be {m.name!r} for model.name={m.name!r}, got {t.objective!r}")
+    if t.objective == "classifier" and m.num_classes < 2:
+        _fail("model.num_classes", f"must be >= 2 for a classifier, got {m.num_classes}")
+    if m.context != "none":
+        if m.name not in ("ncsnpp", "ddpmpp"):
+            _fail("model.context", f"needs a U-Net (model.name ncsnpp or ddpmpp), got {m.name!r}")
+        if not config.data.dataset.startswith("canvas"):
+            _fail("model.context", f"needs captions or layouts: a canvas data set, got {config.data.dataset!r}")
+        if m.num_classes:
+            _fail("model.num_classes", "and model.context cannot both condition one network")
+        if m.context_dim % m.num_heads:
+            _fail("model.context_dim", f"must be divisible by model.num_heads={m.num_heads}, got {m.context_dim}")
+    if config.first_stage.workdir and t.objective != "score":
+        _fail("first_stage.workdir", f"applies to score runs, not training.objective={t.objective!r}")
 
 
 def get_sde(config) -> SDE:

@@ -179,10 +179,12 @@ class AutoencoderObjective:
         metrics = {"rec": jnp.mean(rec), "kl": jnp.mean(kl)}
         if self.disc_weight > 0:
             on = (step >= self.disc_start).astype(jnp.float32)
-            frozen = jax.lax.stop_gradient(params["disc"]) if isinstance(params, dict) else None
-            disc = model.disc if frozen is None else self.network({**params, "disc": frozen}).disc
-            g_loss = -jnp.mean(disc(recon))  # the autoencoder fools the (frozen) critic
-            real, fake = model.disc(x), model.disc(jax.lax.stop_gradient(recon))
+            # The generator term must not train the critic: it sees the critic's parameters as constants.
+            frozen = self.network(jax.tree.map(jax.lax.stop_gradient, _cast(params, dtype))).disc
+            g_loss = -jnp.mean(frozen(recon.astype(dtype)).astype(jnp.float32))
+            # The critic's hinge loss must not train the autoencoder: it sees reconstructions as constants.
+            real = model.disc(x.astype(dtype)).astype(jnp.float32)
+            fake = model.disc(jax.lax.stop_gradient(recon).astype(dtype)).astype(jnp.float32)
             d_loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))  # hinge
             loss = loss + on * (self.disc_weight * g_loss + d_loss)
             metrics.update(g_loss=g_loss, d_loss=d_loss)
@@ -190,3 +192,28 @@ class AutoencoderObjective:
 
     def eval_losses(self, params, batch, key):
         return self._parts(params, batch, None, jnp.float32)[3]
+
+
+def make(config, graphdef, *, null_cond=None, first_stage: FirstStage | None = None, perceptual=None):
+    """The objective of ``config.training.objective`` for the network ``graphdef``.
+
+    ``null_cond``: the null condition of a conditional score run (condition dropout); ``first_stage``:
+    the frozen autoencoder of a latent run; ``perceptual``: feature function of the autoencoder loss.
+    """
+    from sde_lib.config import get_sde
+    from sde_lib.training import Network, loss_fn
+
+    t, m = config.training, config.model
+    network = lambda params: Network(graphdef, params)  # noqa: E731
+    kind = t.get("objective", "score")
+    if kind == "score":
+        return ScoreObjective(network, loss_fn(config, per_example=True), null_cond, float(t.cond_drop_prob),
+                              first_stage)
+    if kind == "classifier":
+        return ClassifierObjective(network, get_sde(config), m.parameterization, float(t.eps))
+    if kind == "autoencoder":
+        from flax import nnx
+
+        return AutoencoderObjective(lambda params: nnx.merge(graphdef, params), t.rec_loss, float(t.kl_weight), perceptual, float(t.perceptual_weight),
+                                    float(t.disc_weight), int(t.disc_start))
+    raise ValueError(f"config.training.objective must be one of {OBJECTIVES}, got {kind!r}")

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from flax import nnx
 
-import models
 from sde_lib import checkpoint as ckpt_lib
-from sde_lib import sampling, training
+from sde_lib import conditioning, latent, sampling, text, training
 from sde_lib.config import get_sde
 from sde_lib.data import data_dims, load_labels, load_split
 from sde_lib.guidance import classifier_free
 from sde_lib.likelihood import bits_per_dim, log_likelihood
+from sde_lib.parameterization import noise_conditioning
 from sde_lib.sdes import SDE
 
 PARAMS = ("ema", "raw")
@@ -44,8 +46,7 @@ def to_host(x) -> np.ndarray:
 def abstract_state(config):
     """``(graphdef, abstract TrainState)`` of ``config`` on this process's first device: a restore target."""
     optimizer = training.make_optimizer(config.optim, config.training.n_iters)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.get_model(config.model, data_dims(config.data),
-                                                                      nnx.Rngs(0))), nnx.Param)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: training.build_model(config, nnx.Rngs(0))), nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           jax.eval_shape(lambda: training.init_train_state(config, optimizer)[1]))
@@ -77,6 +78,12 @@ class Run:
     params: str
     graphdef: Any
     state: Any
+    first_stage: Any = None  # latent runs: the frozen autoencoder (sde_lib.latent.FirstStage)
+    tokenizer: Any = None  # caption and layout runs
+
+    @property
+    def objective(self) -> str:
+        return self.config.training.objective
 
     @property
     def sde(self) -> SDE:
@@ -84,14 +91,39 @@ class Run:
 
     @property
     def dims(self) -> tuple[int, ...]:
-        """Shape of one example, e.g. ``(8, 8, 1)``."""
+        """Shape of one example in data space, e.g. ``(8, 8, 1)``."""
         return tuple(data_dims(self.config.data))
 
     @property
+    def model_dims(self) -> tuple[int, ...]:
+        """Shape of one example the score network sees: ``dims``, or the latents of a latent run."""
+        return self.dims if self.first_stage is None else self.first_stage.latent_dims(self.dims)
+
+    @property
+    def network_params(self):
+        return self.state.ema if self.params == "ema" else self.state.params
+
+    @property
     def score_fn(self):
-        """``score_fn(x, t)`` of the chosen parameters (a pytree: parameters traced, not baked in)."""
-        p = self.state.ema if self.params == "ema" else self.state.params
-        return training.score_fn(self.config, self.graphdef, p)
+        """``score_fn(x, t)`` of the chosen parameters (a pytree: parameters traced, not baked in); for a
+        latent run, the score of the scaled latents."""
+        self._require("score")
+        return training.score_fn(self.config, self.graphdef, self.network_params)
+
+    @property
+    def log_prob_fn(self):
+        """A classifier run's ``log_prob_fn(x, t, cond) -> (B,)``: log p_t(y | x) of ``cond["label"]``."""
+        self._require("classifier")
+        return NoisyClassifier(training.Network(self.graphdef, self.network_params), self.sde,
+                               self.config.model.parameterization)
+
+    def _require(self, objective: str) -> None:
+        if self.objective != objective:
+            raise ValueError(f"{self.workdir} is a {self.objective!r} run; this needs a {objective!r} run")
+
+    def decode(self, z) -> jax.Array:
+        """Data-space images of a latent run's samples (identity for data-space runs)."""
+        return z if self.first_stage is None else self.first_stage.decode(z)
 
     def ema_horizon_warning(self) -> str | None:
         """A sentence when the EMA has not yet forgotten its initial parameters (None otherwise).
@@ -121,9 +153,33 @@ class Run:
     @property
     def null_cond(self):
         """The null condition of a conditional run (the unconditional branch of classifier-free guidance)."""
-        if not self.num_classes:
-            raise ValueError(f"{self.workdir} is an unconditional run (config.model.num_classes=0)")
-        return {"label": self.num_classes}
+        null = conditioning.null_condition(self.config, self.tokenizer)
+        if null is None:
+            raise ValueError(f"{self.workdir} is an unconditional run")
+        return null
+
+    def prompt_cond(self, prompts, n: int) -> dict:
+        """``{"tokens": (n, L)}`` of one caption or ``n`` captions (caption runs). Unknown words map to the
+        unknown token and are reported in a warning; a prompt longer than the model's context is an error."""
+        if self.config.model.context != "caption":
+            raise ValueError(f"{self.workdir} is not conditioned on captions (config.model.context="
+                             f"{self.config.model.context!r})")
+        prompts = [prompts] * int(n) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != int(n):
+            raise ValueError(f"{len(prompts)} prompts for {n} samples")
+        ids, unknown = self.tokenizer.encode_batch(prompts)
+        if unknown:
+            warnings.warn(f"words outside the vocabulary of {self.workdir} (read as unknown): {unknown}", stacklevel=2)
+        return {"tokens": jax.numpy.asarray(ids)}
+
+    def layout_cond(self, layouts, n: int) -> dict:
+        """``{"tokens": (n, L)}`` of one layout (boxes ``(k, 5)``: class, x0, y0, x1, y1) or ``n`` layouts."""
+        if self.config.model.context != "layout":
+            raise ValueError(f"{self.workdir} is not conditioned on layouts (config.model.context="
+                             f"{self.config.model.context!r})")
+        boxes = np.asarray(layouts, np.float64)
+        boxes = np.broadcast_to(boxes, (int(n), *boxes.shape)) if boxes.ndim == 2 else boxes
+        return {"tokens": jax.numpy.asarray(self.tokenizer.encode_batch(boxes))}
 
     def label_cond(self, label, n: int) -> dict:
         """``{"label": (n,)}`` from one class or ``n`` classes, checked against the run's classes."""
@@ -135,25 +191,34 @@ class Run:
         return {"label": jax.numpy.asarray(labels)}
 
     def sample(self, key: jax.Array, n: int, sampler: str | None = None, steps: int | None = None, *,
-               label=None, guidance: float | None = None, cond=None, eps: float | None = None,
-               denoise: bool | None = None, x_init=None, **options):
+               label=None, prompt=None, layout=None, guidance: float | None = None, cond=None,
+               eps: float | None = None, denoise: bool | None = None, x_init=None, decode: bool = True,
+               **options):
         """``n`` samples ``(n, *dims)`` in data space and ``info`` (see :func:`sde_lib.sampling.sample`).
 
         ``sampler``, ``steps``, ``eps``, ``denoise`` and the sampler's options default to the run's
         ``config.sampling`` (its ``options`` apply when the sampler is the config's own). Conditional
-        runs take ``label`` (one class or ``(n,)``) or a ``cond`` dict, and ``guidance`` w: classifier-free
-        guidance s_u + w (s_c - s_u) against the null condition (None: the conditional model itself);
-        without a condition a conditional run samples its unconditional branch.
+        runs take ``label`` (one class or ``(n,)``), ``prompt`` (a caption or ``n``), ``layout`` (boxes)
+        or a ``cond`` dict, and ``guidance`` w: classifier-free guidance s_u + w (s_c - s_u) against the
+        null condition (None: the conditional model itself); without a condition a conditional run
+        samples its unconditional branch. A latent run samples latents and returns decoded images
+        (``decode=False``: the scaled latents).
         """
+        self._require("score")
         s = self.config.sampling
         if int(n) < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if steps is not None and int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        given = [c for c in (label, prompt, layout, cond) if c is not None]
+        if len(given) > 1:
+            raise ValueError("give one of label, prompt, layout or cond")
         if label is not None:
-            if cond is not None:
-                raise ValueError("give label or cond, not both")
             cond = self.label_cond(label, n)
+        elif prompt is not None:
+            cond = self.prompt_cond(prompt, n)
+        elif layout is not None:
+            cond = self.layout_cond(layout, n)
         score = self.score_fn
         if guidance is not None:
             if cond is None:
@@ -161,10 +226,11 @@ class Run:
             score = classifier_free(score, self.null_cond, float(guidance))
         name = sampler or s.sampler
         opts = {**(dict(s.options) if name == s.sampler else {}), **options}
-        return sampling.sample(self.sde, score, key, (int(n), *self.dims), sampler=name,
-                               steps=int(steps or s.steps), x_init=x_init, cond=cond,
-                               eps=s.eps if eps is None else eps, denoise=s.denoise if denoise is None else denoise,
-                               **opts)
+        x, info = sampling.sample(self.sde, score, key, (int(n), *self.model_dims), sampler=name,
+                                  steps=int(steps or s.steps), x_init=x_init, cond=cond,
+                                  eps=s.eps if eps is None else eps,
+                                  denoise=s.denoise if denoise is None else denoise, **opts)
+        return (self.decode(x) if decode else x), info
 
     def log_likelihood(self, x, key: jax.Array, **options):
         """log p(x) of continuous data ``x`` ``(B, *dims)`` in model space (see ``likelihood.log_likelihood``)."""
@@ -183,6 +249,9 @@ class Run:
         ``config.eval.bpd_num_repeats``). Returns ``{"split", "num", "bpd" | "nats_per_dim", "*_stderr",
         "nfe", "trace", "seconds", "step"}``; for continuous data also ``"nll"`` in nats per example.
         """
+        self._require("score")
+        if self.first_stage is not None:
+            raise ValueError(f"{self.workdir} is a latent run: its decoder has no density, so it has no bits/dim")
         d, e = self.config.data, self.config.eval
         split = split or e.split
         for name, value in (("num", num), ("n_dequant", n_dequant), ("batch_size", batch_size)):
@@ -209,6 +278,34 @@ class Run:
         return {"step": self.step, "split": split, "num": len(data), "bpd": float(np.mean(bpd)),
                 "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "nfe": float(np.mean(to_host(info["nfe"]))),
                 "trace": trace, "seconds": time.perf_counter() - start}
+
+
+class NoisyClassifier(eqx.Module):
+    """``log_prob_fn(x, t, cond) -> (B,)``: log p_t(y | x) of a noise-conditional classifier network."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    network: Any
+    sde: SDE
+    parameterization: str = eqx.field(static=True)
+
+    def __call__(self, x, t, cond):
+        t = jax.numpy.broadcast_to(t, x.shape[:1])
+        logits = self.network(x, noise_conditioning(self.sde, t, self.parameterization))
+        log_p = jax.nn.log_softmax(logits.astype(jax.numpy.float32), axis=-1)
+        return jax.numpy.take_along_axis(log_p, cond["label"][:, None], axis=1)[:, 0]
+
+
+def _tokenizer(config, workdir: str):
+    """A caption run's saved vocabulary (checked against the data's), or a layout run's tokenizer."""
+    tok = conditioning.tokenizer_for(config)
+    if isinstance(tok, text.WordTokenizer) and os.path.isfile(os.path.join(workdir, text.VOCAB_FILE)):
+        saved = text.WordTokenizer.load(workdir)
+        if saved.words != tok.words:
+            raise ValueError(f"{workdir}: vocab.json differs from the vocabulary of its data's captions")
+        return saved
+    return tok
 
 
 def load_run(workdir: str, step: int | None = None, params: str = "ema", *, warn: bool = True) -> Run:
@@ -239,7 +336,9 @@ def load_run(workdir: str, step: int | None = None, params: str = "ema", *, warn
             state = checkpoints.restore(int(step), target)
     finally:
         checkpoints.close()
-    run = Run(workdir, config, int(step), params, graphdef, state)
+    run = Run(workdir, config, int(step), params, graphdef, state,
+              first_stage=latent.first_stage_of(config, workdir) if config.first_stage.workdir else None,
+              tokenizer=_tokenizer(config, workdir))
     message = run.ema_horizon_warning() if warn else None
     if message:
         warnings.warn(message, stacklevel=2)

@@ -24,6 +24,7 @@ A run folder is never damaged by a second command:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -35,11 +36,12 @@ import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from sde_lib import checkpoint as ckpt_lib
-from sde_lib import logging_utils, sampling, training
+from sde_lib import conditioning, latent, logging_utils, objectives, sampling, text, training
 from sde_lib.config import get_sde, validate_config
 from sde_lib.data import Dataset, data_dims, to_uint8
 from sde_lib.runs import abstract_state, to_host
@@ -237,8 +239,20 @@ def samples_to_png(config, x: np.ndarray, path: str) -> np.ndarray | None:
     return None
 
 
-def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None):
-    """Everything :func:`train` checks before it may write: returns (data sets, history event, initial state).
+@dataclasses.dataclass
+class _Prepared:
+    """What :func:`_prepare` checked and loaded before anything is written."""
+
+    train_ds: Dataset
+    eval_ds: Dataset
+    event: dict
+    tokenizer: object = None
+    first_stage: latent.FirstStage | None = None
+
+
+def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None) -> _Prepared:
+    """Everything :func:`train` checks before it may write: the data (and their conditions), the first
+    stage of a latent run, the recorded config and the fit of existing checkpoints.
 
     Raises ValueError / FileNotFoundError / :class:`RunConflict` / :class:`~sde_lib.checkpoint.CheckpointMismatch`.
     """
@@ -246,9 +260,12 @@ def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None):
     for field, size in (("training.batch_size", t.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % mesh.size:
             raise ValueError(f"config.{field}={size} must be a multiple of the {mesh.size} devices")
-    train_ds = Dataset(config.data, "train", t.batch_size, config.seed)
-    eval_ds = Dataset(config.data, "test" if config.eval.split == "test" else "train", config.eval.batch_size,
-                      config.seed)
+    tokenizer = conditioning.tokenizer_for(config)
+    eval_split = "test" if config.eval.split == "test" else "train"
+    needs_cond = t.objective == "classifier" or config.model.num_classes or config.model.context != "none"
+    cond = (lambda split: conditioning.condition_arrays(config, split, tokenizer)) if needs_cond else (lambda s: None)
+    train_ds = Dataset(config.data, "train", t.batch_size, config.seed, cond=cond("train"))
+    eval_ds = Dataset(config.data, eval_split, config.eval.batch_size, config.seed, cond=cond(eval_split))
     dims = tuple(data_dims(config.data))
     if tuple(train_ds.dims) != dims:
         raise ValueError(f"config.data describes examples of shape {dims}, but {config.data.dataset} holds "
@@ -271,6 +288,16 @@ def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None):
         if has_checkpoints:
             raise RunConflict(f"{workdir} holds checkpoints but no config.json; it is not a run this code can resume")
         event = {"event": "start"}
+    first_stage = None
+    if config.first_stage.workdir:
+        if exists and latent.read_scale(workdir) is not None:
+            first_stage = latent.first_stage_of(config, workdir)  # the autoencoder step and scale it started with
+        else:
+            first_stage = latent.load_first_stage(config)
+    if tokenizer is not None and exists and os.path.isfile(os.path.join(workdir, text.VOCAB_FILE)):
+        saved = text.WordTokenizer.load(workdir) if config.model.context == "caption" else None
+        if saved is not None and saved.words != tokenizer.words:
+            raise RunConflict(f"{workdir}: the data's caption vocabulary differs from the run's vocab.json")
     _, target = abstract_state(config)
     for folder in ([fork_from] if fork_from else []) + ([workdir] if exists else []):
         probe = ckpt_lib.Checkpointer(folder, read_only=True)
@@ -279,7 +306,7 @@ def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None):
                 probe.check_fits(step, manager, target)
         finally:
             probe.close()
-    return train_ds, eval_ds, event
+    return _Prepared(train_ds, eval_ds, event, tokenizer, first_stage)
 
 
 def _read_only_steps(workdir: str) -> list[int]:
@@ -296,8 +323,8 @@ def _save_window(workdir: str, step: int, window: list[dict]) -> None:
     """The updates logged since the last log line, so that a run resumed at ``step`` logs the same means."""
     if jax.process_index() != 0:
         return
-    record = {"step": int(step), **{k: np.concatenate([w[k] for w in window]).tolist() if window else []
-                                    for k in ("loss", "grad_norm")}}
+    keys = window[0].keys() if window else ()
+    record = {"step": int(step), **{k: np.concatenate([w[k] for w in window]).tolist() for k in keys}}
     path = os.path.join(workdir, WINDOW_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump(record, f)
@@ -310,10 +337,10 @@ def _load_window(workdir: str, step: int) -> list[dict]:
             record = json.load(f)
     except (OSError, ValueError):
         return []
-    if record.get("step") != step or not record.get("loss"):
+    if record.pop("step", None) != step or not record.get("loss"):
         return []
     # float32, as the device computed them: the logged mean must be the uninterrupted run's to the bit.
-    return [{k: np.asarray(record[k], np.float32) for k in ("loss", "grad_norm")}]
+    return [{k: np.asarray(v, np.float32) for k, v in record.items()}]
 
 
 def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress: bool = True, force: bool = False,
@@ -337,7 +364,7 @@ def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress:
     if t.n_iters % k:
         raise ValueError(f"config.training.n_iters={t.n_iters} must be a multiple of n_jitted_steps={k}")
     mesh = training.make_mesh(devices)
-    train_ds, eval_ds, event = _prepare(config, workdir, mesh, force=force, fork_from=fork_from)
+    prepared = _prepare(config, workdir, mesh, force=force, fork_from=fork_from)
     optimizer = training.make_optimizer(config.optim, t.n_iters)
     graphdef, state = training.init_train_state(config, optimizer)
     state = jax.device_put(state, training.replicated(mesh))
@@ -350,17 +377,18 @@ def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress:
     if lock is not None:
         lock.__enter__()
     try:
-        return _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, eval_ds, event,
-                             keep=keep, progress=progress, fork_from=fork_from)
+        return _train_locked(config, workdir, mesh, optimizer, graphdef, state, prepared, keep=keep,
+                             progress=progress, fork_from=fork_from)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
 
 
-def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, eval_ds, event, *, keep, progress,
+def _train_locked(config, workdir, mesh, optimizer, graphdef, state, prepared: _Prepared, *, keep, progress,
                   fork_from):
     t = config.training
     k = int(t.n_jitted_steps)
+    train_ds, eval_ds, event = prepared.train_ds, prepared.eval_ds, prepared.event
     checkpoints = ckpt_lib.Checkpointer(workdir, keep=keep)
     source = ckpt_lib.Checkpointer(fork_from, read_only=True, async_writes=False) if fork_from else checkpoints
     try:
@@ -372,9 +400,17 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, e
     if fork_from and restored is None:
         checkpoints.close()
         raise FileNotFoundError(f"--fork_from={fork_from}: no readable checkpoint to start from")
+    stage = prepared.first_stage
+    if stage is not None and latent.read_scale(workdir) is None:  # a latent run's first start
+        stage.scale = latent.compute_scale(stage, train_ds.x_model_space(2048), jax.random.PRNGKey(config.seed))
     if jax.process_index() == 0:
         ckpt_lib.write_config(workdir, config)
-        append_history(workdir, {**event, "step": int(start)})
+        if stage is not None and latent.read_scale(workdir) is None:
+            latent.save_scale(workdir, stage)
+        if isinstance(prepared.tokenizer, text.WordTokenizer):
+            prepared.tokenizer.save(workdir)
+        append_history(workdir, {**event, "step": int(start), **({} if stage is None else {
+            "first_stage": stage.workdir, "first_stage_step": stage.step, "latent_scale": stage.scale})})
     if start:
         log.warning("resuming %s from step %d", workdir, start)
     if fork_from:
@@ -386,9 +422,14 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, e
         checkpoints.close()
         raise ValueError(f"the run resumes at step {start}, which config.training.n_jitted_steps={k} does not divide")
 
-    train_step = training.make_train_step(config, graphdef, optimizer, mesh)
+    null = conditioning.null_condition(config, prepared.tokenizer)
+    first = None if stage is None else objectives.FirstStage(stage.params, stage.moments, stage.scale,
+                                                              bool(config.first_stage.sample_latents))
+    objective = objectives.make(config, graphdef, null_cond=null, first_stage=first,
+                                perceptual=_perceptual(config))
+    train_step = training.make_train_step(config, graphdef, optimizer, mesh, objective)
     batches = train_ds.iterate(start, sharding=training.batch_sharding(mesh, stacked=k > 1), steps_per_call=k)
-    eval_step = training.make_eval_step(config, graphdef, mesh)
+    eval_step = training.make_eval_step(config, graphdef, mesh, objective)
     eval_x, eval_mask = next(eval_ds.eval_batches(dequantize=bool(config.data.uniform_dequantization),
                                                   sharding=training.batch_sharding(mesh)))
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
@@ -421,9 +462,8 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, e
                     flush_pending()
                 if _crossed(step, k, t.log_freq) and window:
                     now = time.perf_counter()
-                    record = {"loss": float(np.mean(np.concatenate([w["loss"] for w in window]))),
-                              "grad_norm": float(np.mean(np.concatenate([w["grad_norm"] for w in window]))),
-                              "steps_per_sec": timed / (now - tick)}
+                    record = {k: float(np.mean(np.concatenate([w[k] for w in window]))) for k in window[0]}
+                    record["steps_per_sec"] = timed / (now - tick)
                     window, tick, timed = [], now, 0
                     logger.write(step, record)
                     bar.set_postfix(loss=f"{record['loss']:.4g}")
@@ -432,8 +472,8 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, e
                 if snapshot or preempt or stopping:
                     checkpoints.save(step, state, snapshot=snapshot)
                     _save_window(workdir, step, window)
-                if snapshot and t.snapshot_sampling:
-                    _snapshot_samples(config, graphdef, state, sample_key, workdir, step, logger)
+                if snapshot and t.snapshot_sampling and t.objective == "score":
+                    _snapshot_samples(config, graphdef, state, sample_key, workdir, step, logger, prepared)
             flush_pending()
             if stopping:
                 log.warning("SIGTERM: stopped at step %d with a checkpoint in %s", step, workdir)
@@ -444,13 +484,37 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, train_ds, e
     return state
 
 
-def _snapshot_samples(config, graphdef, state, key, workdir, step, logger) -> None:
+def _snapshot_samples(config, graphdef, state, key, workdir, step, logger, prepared: _Prepared) -> None:
+    """Sample the EMA model (conditional runs: test conditions; latent runs: decoded) into samples/."""
     s = config.sampling
+    stage = prepared.first_stage
+    dims = latent.model_dims(config)
+    cond = None
+    if prepared.eval_ds.cond:
+        cond = {k: jnp.asarray(v[: s.batch_size]) for k, v in prepared.eval_ds.cond.items()}
     x, _ = sampling.sample(get_sde(config), training.score_fn(config, graphdef, state.ema), key,
-                           (s.batch_size, *data_dims(config.data)), sampler=s.sampler, steps=s.steps, eps=s.eps,
-                           denoise=s.denoise, **dict(s.options))
+                           (s.batch_size, *dims), sampler=s.sampler, steps=s.steps, eps=s.eps, denoise=s.denoise,
+                           cond=cond, **dict(s.options))
+    if stage is not None:
+        x = stage.decode(x)
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         image = samples_to_png(config, to_host(x), os.path.join(workdir, "samples", f"step_{step}.png"))
         if image is not None:
             logger.write_image(step, "samples", image)
+
+
+def _perceptual(config):
+    """The feature function of the autoencoder's perceptual term (None when its weight is 0)."""
+    if config.training.objective != "autoencoder" or not config.training.perceptual_weight:
+        return None
+    d = config.data
+    if d.dataset.startswith("canvas"):
+        from sde_lib.metrics.canvas import get_evaluator
+
+        evaluator = get_evaluator(d.dataset)
+        return lambda x: evaluator.unit_features_fn((x + 1.0) / 2.0 if d.centered else x)
+    from sde_lib.metrics import get_classifier
+
+    clf = get_classifier(d)
+    return lambda x: clf.unit_features_fn((x + 1.0) / 2.0 if d.centered else x)

@@ -35,9 +35,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import models
-from sde_lib import losses
+from sde_lib import losses, objectives
 from sde_lib.config import get_sde
-from sde_lib.data import data_dims
 from sde_lib.parameterization import ModelScore
 
 BATCH_AXIS = "batch"
@@ -136,9 +135,18 @@ def ema_decay(step: jax.Array, ema_rate: float, warmup: bool) -> jax.Array:
     return jnp.minimum(ema_rate, (1.0 + s) / (10.0 + s))
 
 
+def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
+    """``config``'s network for the examples it sees (data, or a first stage's latents), with a token
+    encoder over the run's vocabulary and a discriminator where the config asks for them."""
+    from sde_lib import conditioning, latent
+
+    return models.get_model(config.model, latent.model_dims(config), rngs, vocab_size=conditioning.vocab_size(config),
+                            discriminator=config.training.objective == "autoencoder" and config.training.disc_weight > 0)
+
+
 def init_model(config, seed: int | None = None):
     """``(graphdef, params)`` of ``config``'s network initialised from ``seed`` (default ``config.seed``)."""
-    model = models.get_model(config.model, data_dims(config.data), nnx.Rngs(config.seed if seed is None else seed))
+    model = build_model(config, nnx.Rngs(config.seed if seed is None else seed))
     # Splitting on Param alone fails loudly if a network ever grows non-parameter state.
     return nnx.split(model, nnx.Param)
 
@@ -181,35 +189,29 @@ def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS) if stacked else PartitionSpec(BATCH_AXIS))
 
 
-def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, mesh: Mesh):
+def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, mesh: Mesh, objective=None):
     """Jitted ``step(state, batch) -> (state, metrics)``; the input state is donated.
 
-    ``batch``: ``(B, *dims)``, or ``(k, B, *dims)`` with k = ``training.n_jitted_steps`` > 1 (a
-    ``lax.scan`` of k updates). ``metrics``: ``loss`` and ``grad_norm`` (before clipping), each ``(k,)``.
+    ``batch``: ``(B, *dims)`` or a dict ``{"x": (B, *dims), condition arrays}``, each with a leading
+    ``k`` axis when k = ``training.n_jitted_steps`` > 1 (a ``lax.scan`` of k updates). ``objective``:
+    default ``objectives.make(config, graphdef)``. ``metrics``: ``loss``, ``grad_norm`` (before clipping)
+    and the objective's own, each ``(k,)``.
     """
-    objective = loss_fn(config)
+    objective = objective or objectives.make(config, graphdef)
     ema_rate = float(config.optim.ema_rate)
     warmup = bool(config.optim.ema_warmup)
     k = int(config.training.n_jitted_steps)
     dtype = jnp.dtype(config.training.compute_dtype)
 
-    def update(state: TrainState, x0):
-        key_loss, key_dropout = jax.random.split(jax.random.fold_in(state.rng, state.step))
-
-        def loss_of(params):
-            net = Network(graphdef, jax.tree.map(lambda p: p.astype(dtype), params))
-
-            def model_fn(x, c):
-                return net(x.astype(dtype), c, train=True, key=key_dropout).astype(jnp.float32)
-
-            return objective(model_fn, key_loss, x0)
-
-        loss, grads = jax.value_and_grad(loss_of)(state.params)
+    def update(state: TrainState, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        (loss, aux), grads = jax.value_and_grad(
+            lambda p: objective.loss(p, batch, key, state.step, dtype=dtype), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         r = ema_decay(state.step, ema_rate, warmup)
         ema = jax.tree.map(lambda e, p: r * e + (1.0 - r) * p, state.ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return TrainState(params, opt_state, ema, state.step + 1, state.rng), metrics
 
     def step(state, batch):
@@ -225,15 +227,15 @@ def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, m
                    donate_argnums=0)
 
 
-def make_eval_step(config, graphdef, mesh: Mesh):
-    """Jitted ``eval(params, x0 (B, *dims), mask (B,), key) -> mean loss over the rows in mask``.
+def make_eval_step(config, graphdef, mesh: Mesh, objective=None):
+    """Jitted ``eval(params, batch, mask (B,), key) -> mean loss over the rows in mask``.
 
     A fixed ``key`` gives the held-out loss the same times and noise at every evaluation.
     """
-    objective = loss_fn(config, per_example=True)
+    objective = objective or objectives.make(config, graphdef)
 
-    def evaluate(params, x0, mask, key):
-        per_example = objective(Network(graphdef, params), key, x0)
+    def evaluate(params, batch, mask, key):
+        per_example = objective.eval_losses(params, batch, key)
         return jnp.sum(jnp.where(mask, per_example, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
     rep, data = replicated(mesh), batch_sharding(mesh)

@@ -100,9 +100,9 @@ def _objects(spec: CanvasSpec, split: str, seed: int, n: int) -> list[list[tuple
 
 def _sources(spec: CanvasSpec, split: str):
     """Object images ``(N, slot, slot)`` (integer levels) and their classes, from ``split`` of the source."""
-    from sde_lib.data.sources import load_labels, load_split
-
     import ml_collections
+
+    from sde_lib.data.sources import load_labels, load_split
 
     if spec.name == "canvas_digits":
         cfg = ml_collections.ConfigDict({"dataset": "digits"})

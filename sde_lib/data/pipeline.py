@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from sde_lib.data import counter_rng, scaling
-from sde_lib.data.sources import load_labels, load_split, parse
+from sde_lib.data.sources import load_split, parse
 
 
 def _place(x: np.ndarray, sharding, global_shape: tuple[int, ...]):
@@ -36,16 +36,18 @@ class Dataset:
       batch_size: the global batch size B (summed over processes).
       seed: the run's seed (``config.seed``): shuffles, flips and dequantisation noise derive from it.
       process_index, process_count: this process's share; default ``jax.process_index()`` / ``count()``.
-      labels: also serve the class labels (``load_labels``): batches become ``{"x": ..., "label": ...}``.
+      cond: per-example condition arrays served with the images, e.g. ``{"label": (N,)}`` or
+        ``{"tokens": (N, L)}`` (``sde_lib.conditioning``): batches become ``{"x": ..., **cond}``.
     """
 
     def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None,
-                 labels: bool = False):
+                 cond: dict | None = None):
         self.spec = parse(data_cfg)
         self.x = load_split(self.spec, split)
-        self.y = load_labels(self.spec, split) if labels else None
-        if self.y is not None and len(self.y) != len(self.x):
-            raise ValueError(f"{self.spec.dataset} {split}: {len(self.x)} examples but {len(self.y)} labels")
+        self.cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+        for k, v in self.cond.items():
+            if len(v) != len(self.x):
+                raise ValueError(f"{self.spec.dataset} {split}: {len(self.x)} examples but {len(v)} rows of {k!r}")
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.process_index = jax.process_index() if process_index is None else int(process_index)
         self.process_count = jax.process_count() if process_count is None else int(process_count)
@@ -109,13 +111,19 @@ class Dataset:
         key = counter_rng.make_key(self.seed, counter_rng.AUGMENT, epoch)
         return self._transform(self._local(idx), key, self.spec.random_flip, self.spec.uniform_dequantization)
 
-    def labels_at(self, step: int) -> np.ndarray:
-        """This process's labels ``(B/P,)`` of training step ``step`` (row for row with :meth:`batch_at`)."""
-        return self.y[self._local(self.indices_at(step)[1])]
+    def x_model_space(self, n: int) -> np.ndarray:
+        """The first ``n`` examples in model space, without flips or dequantisation noise (bin centres)."""
+        idx = np.arange(min(int(n), self.num_examples))
+        return self._transform(idx, counter_rng.make_key(self.seed, counter_rng.EVAL_NOISE, 0), False, False)
+
+    def cond_at(self, step: int) -> dict[str, np.ndarray]:
+        """This process's condition rows of training step ``step`` (row for row with :meth:`batch_at`)."""
+        rows = self._local(self.indices_at(step)[1])
+        return {k: v[rows] for k, v in self.cond.items()}
 
     def iterate(self, start_step: int = 0, *, sharding=None, steps_per_call: int = 1) -> Iterator:
         """Endless batches from ``start_step``: ``(B, *dims)``, or ``(k, B, *dims)`` for k = steps_per_call > 1;
-        with labels, ``{"x": that, "label": (B,) or (k, B)}``.
+        with conditions, ``{"x": that, name: (B, ...) or (k, B, ...)}``.
 
         With ``sharding`` each item is a global ``jax.Array`` built from every process's rows (the
         sharding must split the batch axis: axis 0, or axis 1 when stacked); else a host NumPy array.
@@ -129,15 +137,17 @@ class Dataset:
             steps = [step] if k == 1 else [step + i for i in range(k)]
             pick = (lambda a: a[0]) if k == 1 else np.stack
             x = _place(pick([self.batch_at(s) for s in steps]), sharding, (*lead, *self.dims))
-            if self.y is None:
+            if not self.cond:
                 yield x
             else:
-                yield {"x": x, "label": _place(pick([self.labels_at(s) for s in steps]), sharding, lead)}
+                rows = [self.cond_at(s) for s in steps]
+                yield {"x": x, **{k: _place(pick([r[k] for r in rows]), sharding, (*lead, *v.shape[1:]))
+                                  for k, v in self.cond.items()}}
             step += k
 
     def eval_batches(self, *, repeat: int = 0, dequantize: bool | None = None, sharding=None) -> Iterator:
         """The whole split in order, no flips: ``(x (B, *dims), mask (B,) bool)`` per global batch (``x`` a
-        ``{"x", "label"}`` dict with labels).
+        ``{"x", **cond}`` dict with conditions).
 
         The last batch is padded with copies of example 0, marked False in ``mask``. ``dequantize``
         (default: True for discrete data, as bits/dim needs) draws fresh noise per ``repeat``.
@@ -152,8 +162,8 @@ class Dataset:
             mask = idx < self.num_examples
             idx = self._local(np.where(mask, idx, 0))
             x = _place(self._transform(idx, key, False, dequantize), sharding, (b, *self.dims))
-            if self.y is not None:
-                x = {"x": x, "label": _place(self.y[idx], sharding, (b,))}
+            if self.cond:
+                x = {"x": x, **{k: _place(v[idx], sharding, (b, *v.shape[1:])) for k, v in self.cond.items()}}
             yield x, _place(self._local(mask), sharding, (b,))
 
 

@@ -14,13 +14,14 @@ import os
 
 import numpy as np
 
-from sde_lib.data import counter_rng, readers, toy
+from sde_lib.data import canvas, counter_rng, readers, toy
 
-DATASETS = ("toy", "digits", "fashion_mnist", "cifar10", "npz", "folder")
+DATASETS = ("toy", "digits", "fashion_mnist", "cifar10", "npz", "folder", "canvas_digits", "canvas_fashion_mnist")
 SPLITS = ("train", "test")
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 # dataset -> (image_size, num_channels, levels) fixed by the source.
-_NATIVE = {"digits": (8, 1, 17), "fashion_mnist": (28, 1, 256), "cifar10": (32, 3, 256)}
+_NATIVE = {"digits": (8, 1, 17), "fashion_mnist": (28, 1, 256), "cifar10": (32, 3, 256),
+           "canvas_digits": (16, 1, 17), "canvas_fashion_mnist": (32, 1, 256)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +179,8 @@ def load_split(data_cfg, split: str) -> np.ndarray:
         x, source = _fashion_mnist(spec.path, split)
     elif spec.dataset == "cifar10":
         x, source = _cifar10(spec.path, split), spec.path
+    elif spec.dataset.startswith("canvas"):
+        x, source = canvas.canvases(spec.dataset, split, spec.seed)[0], spec.dataset
     elif spec.dataset == "npz":
         x, source = _npz(spec.path, split, spec.seed), spec.path
     else:
@@ -222,6 +225,22 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
             return np.asarray(arrays["y"])[split_indices(len(arrays["y"]), split, spec.seed)].astype(np.int32)
         raise ValueError(f"{spec.path}: no labels (arrays train_labels / test_labels, or y beside x)")
     raise ValueError(f"dataset {spec.dataset!r} has no labels")
+
+
+def load_captions(data_cfg, split: str) -> list[str]:
+    """The captions of a canvas data set's ``split``, row for row with :func:`load_split`."""
+    spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if not spec.dataset.startswith("canvas"):
+        raise ValueError(f"dataset {spec.dataset!r} has no captions (the canvas data sets do)")
+    return canvas.canvases(spec.dataset, split, spec.seed)[1]
+
+
+def load_layouts(data_cfg, split: str) -> np.ndarray:
+    """The layouts ``(N, 2, 5)`` (class, x0, y0, x1, y1; class -1 unused) of a canvas data set's ``split``."""
+    spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if not spec.dataset.startswith("canvas"):
+        raise ValueError(f"dataset {spec.dataset!r} has no layouts (the canvas data sets do)")
+    return canvas.canvases(spec.dataset, split, spec.seed)[2]
 
 
 def data_dims(data_cfg) -> tuple[int, ...]:

@@ -102,6 +102,10 @@ class CanvasEvaluator:
         pred = self._run(samples, 1)
         return np.where(pred == len(self.spec.class_names), -1, pred)
 
+    def unit_features_fn(self, u):
+        """Traceable features of canvases ``u`` in [0, 1] (inside a jitted loss)."""
+        return self._forward(self._state, u)[0]
+
     def features(self, samples) -> np.ndarray:
         return self._run(samples, 0)
 

@@ -156,6 +156,10 @@ class FeatureClassifier:
         """Features of images ``u (N, H, W, C)`` already in [0, 1] (``reference.to_unit``'s output)."""
         return _batched(lambda b: self._forward(self._state, b)[0], np.asarray(u, np.float32)) / self.feature_scale
 
+    def unit_features_fn(self, u):
+        """Traceable features ``(B, feature_dim)`` of images ``u`` in [0, 1] (inside a jitted loss)."""
+        return self._forward(self._state, u)[0] / self.feature_scale
+
     def predict(self, samples, name: str = "samples") -> np.ndarray:
         """Predicted classes ``(N,)`` int32."""
         x = reference.to_unit(samples, self.spec, name)
