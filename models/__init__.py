@@ -17,21 +17,35 @@ import jax
 from flax import nnx
 
 from models.layers import default_init, fourier_embedding, positional_embedding
+from models.autoencoder import AutoencoderGAN, AutoencoderKL, PatchDiscriminator
 from models.mlp import MLP
 from models.unet import UNet
 
 UNET_NAMES = ("ncsnpp", "ddpmpp")
-MODEL_NAMES = ("mlp",) + UNET_NAMES
+MODEL_NAMES = ("mlp",) + UNET_NAMES + ("classifier", "autoencoder")
 
 
-def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
+def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs, *, vocab_size: int = 0,
+              discriminator: bool = False) -> nnx.Module:
     """Build ``m.name`` (``m`` is ``config.model``) for examples of shape ``dims``.
 
     'mlp': :class:`MLP` on one example flattened to D = prod(dims) (e.g. 64 for 8x8 digits);
     'ncsnpp' and 'ddpmpp': :class:`UNet` on ``dims = (H, W, C)`` images with H = W. The two names are
-    the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``.
+    the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``; with
+    ``m.context`` != 'none' it owns a token encoder over ``vocab_size`` tokens;
+    'classifier': the MLP with ``num_classes`` logits (a noise-conditional classifier);
+    'autoencoder': :class:`AutoencoderKL` (``nf`` channels, ``ch_mult``, ``num_res_blocks``,
+    ``z_channels``), with a patch discriminator when ``discriminator``.
     """
     dims = tuple(int(d) for d in dims)
+    if m.name == "classifier":
+        return MLP(math.prod(dims), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
+                   fourier_scale=m.fourier_scale, init_scale=1.0, dropout=m.dropout,
+                   embed_dim=m.get("embed_dim") or None, out_dim=m.num_classes, rngs=rngs)
+    if m.name == "autoencoder":
+        ae = AutoencoderKL(in_channels=dims[-1], ch=m.nf, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks,
+                           z_channels=m.z_channels, mid_attention=m.mid_attention, rngs=rngs)
+        return AutoencoderGAN(ae, PatchDiscriminator(dims[-1], m.nf, rngs=rngs)) if discriminator else ae
     if m.name == "mlp":
         return MLP(math.prod(dims), hidden=m.hidden, n_layers=m.n_layers, embedding_type=m.embedding_type,
                    fourier_scale=m.fourier_scale, init_scale=m.init_scale, dropout=m.dropout,
@@ -46,7 +60,10 @@ def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
                     fourier_scale=m.fourier_scale, skip_rescale=m.skip_rescale, init_scale=m.init_scale,
                     resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
                     progressive_input=m.progressive_input, num_classes=m.num_classes,
-                    concat_channels=m.concat_channels, remat=m.remat, rngs=rngs)
+                    concat_channels=m.concat_channels, remat=m.remat,
+                    context_dim=m.context_dim if m.context != "none" else 0, context_vocab=vocab_size,
+                    context_len=m.context_len, context_depth=m.context_depth, transformer_depth=m.transformer_depth,
+                    num_heads=m.num_heads, context_pooled=m.context_pooled, rngs=rngs)
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")
 
 
@@ -55,5 +72,5 @@ def count_params(model: nnx.Module) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["MLP", "MODEL_NAMES", "UNET_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
+__all__ = ["AutoencoderGAN", "AutoencoderKL", "MLP", "MODEL_NAMES", "PatchDiscriminator", "UNET_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
            "positional_embedding"]

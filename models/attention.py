@@ -23,7 +23,7 @@ from flax import nnx
 
 from models.layers import linear
 
-PAD = 0  # the padding token id of every tokenizer (sde_lib.text)
+PAD, BOS = 0, 1  # the padding and beginning token ids of every tokenizer (sde_lib.text)
 
 
 def attention(q, k, v, mask=None):
@@ -101,7 +101,9 @@ class SpatialTransformer(nnx.Module):
         self.proj_out = nnx.Linear(inner, channels, kernel_init=jax.nn.initializers.zeros,
                                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x, context, context_mask=None):
+    def __call__(self, x, ctx):
+        """``x (B, H, W, C)``; ``ctx = (context (B, L, context_dim), mask (B, L) or None)``."""
+        context, context_mask = ctx
         b, hh, ww, c = x.shape
         h = self.proj_in(self.norm(x)).reshape(b, hh * ww, -1)
         for block in self.blocks:

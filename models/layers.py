@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 EMBEDDING_TYPES = ("fourier", "positional")
-COND_KEYS = ("label", "context", "context_mask", "concat")
+COND_KEYS = ("label", "context", "context_mask", "concat", "tokens")
 
 
 def default_init(scale: float = 1.0):
@@ -112,12 +112,13 @@ def embedding_dim(embedding_type: str, nf: int) -> int:
     return nf if embedding_type == "positional" else 2 * nf
 
 
-def check_cond(cond, *, num_classes: int = 0, concat_channels: int = 0, context_dim: int = 0,
+def check_cond(cond, *, num_classes: int = 0, concat_channels: int = 0, context_dim: int = 0, tokens: bool = False,
                who: str = "model") -> dict:
     """Validate a condition dict against what a network was built for; returns it (``{}`` for None).
 
     ``label`` needs ``num_classes > 0`` (values 0..num_classes, the last the null class), ``concat`` needs
-    ``concat_channels > 0``, ``context`` / ``context_mask`` need ``context_dim > 0``. Unknown keys raise.
+    ``concat_channels > 0``, ``context`` / ``context_mask`` need ``context_dim > 0``, ``tokens`` a token
+    encoder. Unknown keys raise.
     """
     cond = {} if cond is None else dict(cond)
     unknown = set(cond) - set(COND_KEYS)
@@ -129,6 +130,8 @@ def check_cond(cond, *, num_classes: int = 0, concat_channels: int = 0, context_
             raise ValueError(f"{who}: got cond[{key!r}] but the network was built with {field}=0")
     if "context_mask" in cond and "context" not in cond:
         raise ValueError(f"{who}: cond['context_mask'] without cond['context']")
+    if "tokens" in cond and not tokens:
+        raise ValueError(f"{who}: got cond['tokens'] but the network has no token encoder")
     return cond
 
 

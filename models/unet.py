@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.attention import BOS, BagOfWords, SpatialTransformer, TokenEncoder
 from models.layers import (
     GroupNorm,
     LabelEmbedding,
@@ -97,7 +98,8 @@ class AttnBlock(nnx.Module):
         self.q, self.k, self.v = (linear(c, c, rngs) for _ in range(3))
         self.out = linear(c, c, rngs, scale=init_scale)
 
-    def __call__(self, x):
+    def __call__(self, x, ctx=None):
+        del ctx  # self-attention only (a SpatialTransformer takes the context)
         b, hh, ww, c = x.shape
         h = self.norm(x)
         q, k, v = (f(h).reshape(b, hh * ww, c) for f in (self.q, self.k, self.v))
@@ -138,12 +140,13 @@ class Level(nnx.Module):
         self.resample = resample
         self.pyramid = pyramid
 
-    def encode(self, h, pyramid, temb, train: bool, key, skip_rescale: bool):
-        """Encoder level: ``(h, pyramid) -> (skip features [after each block, after downsampling], pyramid)``."""
+    def encode(self, h, pyramid, temb, train: bool, key, skip_rescale: bool, ctx=None):
+        """Encoder level: ``(h, pyramid) -> (skip features [after each block, after downsampling], pyramid)``.
+        ``ctx``: (context, mask) for SpatialTransformer blocks, or None."""
         hs = []
         for j, block in enumerate(self.blocks):
             h = block(h, temb, train, key)
-            h = self.attn[j](h) if j < len(self.attn) else h
+            h = self.attn[j](h, ctx) if j < len(self.attn) else h
             hs.append(h)
         if self.resample is not None:
             h = self._resample(h, temb, train, key)
@@ -152,12 +155,12 @@ class Level(nnx.Module):
             hs.append(h)
         return hs, pyramid
 
-    def decode(self, h, skips, temb, train: bool, key):
+    def decode(self, h, skips, temb, train: bool, key, ctx=None):
         """Decoder level: each block takes ``h`` concatenated with the next of ``skips``, then attention and upsampling."""
         for block, skip in zip(self.blocks, skips, strict=True):
             h = block(jnp.concatenate([h, skip], axis=-1), temb, train, key)
         for a in self.attn:
-            h = a(h)
+            h = a(h, ctx)
         return h if self.resample is None else self._resample(h, temb, train, key)
 
     def _resample(self, h, temb, train, key):
@@ -181,6 +184,12 @@ class UNet(nnx.Module):
     ``cond``: with ``num_classes`` > 0 a learned class embedding is added to the noise features
     (``cond["label"]``, the null class ``num_classes`` when absent; needs ``conditional``); with
     ``concat_channels`` > 0, ``cond["concat"]`` ``(B, H, W, concat_channels)`` is concatenated to the input.
+    With ``context_dim`` > 0 the attention blocks are LDM's SpatialTransformers (self- and cross-attention
+    to ``cond["context"]`` ``(B, L, context_dim)`` with ``cond["context_mask"]`` ``(B, L)``); with
+    ``context_vocab`` > 0 the network also owns a token encoder trained with it, and takes
+    ``cond["tokens"]`` ``(B, L)`` (a caption's or layout's token ids; the empty sequence when absent).
+    ``context_pooled`` is the baseline without cross-attention: the tokens' mean embedding, projected,
+    joins the noise embedding like a class label, blind to word order.
 
     Precision: the network computes in the promoted dtype of ``x`` and its parameters (bfloat16 when the
     train step casts both, see ``training.compute_dtype``); GroupNorm statistics and the attention
@@ -194,7 +203,9 @@ class UNet(nnx.Module):
                  resblock_type: str = "biggan", embedding_type: str = "positional", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, init_scale: float = 0.0, resamp_with_conv: bool = True,
                  conditional: bool = True, progressive_input: str = "none", num_classes: int = 0,
-                 concat_channels: int = 0, remat: bool = False, rngs: nnx.Rngs):
+                 concat_channels: int = 0, remat: bool = False, context_dim: int = 0, context_vocab: int = 0,
+                 context_len: int = 12, context_depth: int = 2, transformer_depth: int = 1, num_heads: int = 4,
+                 context_pooled: bool = False, rngs: nnx.Rngs):
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         if resblock_type not in RESBLOCK_TYPES:
             raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got {resblock_type!r}")
@@ -219,6 +230,18 @@ class UNet(nnx.Module):
         self.label = LabelEmbedding(num_classes, embedding_dim(embedding_type, nf), rngs) if num_classes else None
         self.num_classes, self.concat_channels = int(num_classes), int(concat_channels)
         self.remat = bool(remat)
+        self.context_dim, self.context_len, self.context_pooled = int(context_dim), int(context_len), context_pooled
+        if context_pooled and not (context_vocab and conditional):
+            raise ValueError("context_pooled needs context_vocab > 0 and conditional=True")
+        encoder = proj = None
+        if context_vocab and context_pooled:
+            encoder = BagOfWords(context_vocab, context_dim, rngs)
+            proj = linear(context_dim, embedding_dim(embedding_type, nf), rngs)
+        elif context_vocab:
+            encoder = TokenEncoder(context_vocab, context_len, context_dim, depth=context_depth, heads=num_heads,
+                                   rngs=rngs)
+        self.context_encoder, self.context_proj = encoder, proj
+        cross = self.context_dim and not context_pooled
 
         counter = itertools.count()  # block indices seed the per-block dropout keys
 
@@ -227,6 +250,11 @@ class UNet(nnx.Module):
                             dropout=dropout, skip_rescale=skip_rescale, init_scale=init_scale, rngs=rngs, **kw)
 
         def attn(c):
+            if cross:
+                if c % num_heads:
+                    raise ValueError(f"{c} channels are not divisible by num_heads={num_heads}")
+                return SpatialTransformer(c, context_dim, heads=num_heads, head_dim=c // num_heads,
+                                          depth=transformer_depth, norm=GroupNorm(c), rngs=rngs)
             return AttnBlock(c, skip_rescale=skip_rescale, init_scale=init_scale, rngs=rngs)
 
         def resample(c, up):
@@ -273,7 +301,8 @@ class UNet(nnx.Module):
     def __call__(self, x: jax.Array, c_noise: jax.Array, cond=None, *, train: bool = False,
                  key: jax.Array | None = None):
         """(B, H, W, C), (B,) -> (B, H, W, C). ``train=True`` with dropout > 0 needs a PRNG ``key``."""
-        cond = check_cond(cond, num_classes=self.num_classes, concat_channels=self.concat_channels, who="UNet")
+        cond = check_cond(cond, num_classes=self.num_classes, concat_channels=self.concat_channels,
+                          context_dim=self.context_dim, tokens=self.context_encoder is not None, who="UNet")
         if train and key is None and self.mid.blocks[0].dropout.rate > 0:
             raise ValueError("key is required when train=True and dropout > 0")
         key = key if train else None
@@ -283,7 +312,16 @@ class UNet(nnx.Module):
             e = embed_noise(c_noise, self.embedding_type, self.nf, self.fourier_scale).astype(dtype)
             if self.label is not None:
                 e = e + self.label(cond.get("label"), x.shape[0])
+            if self.context_pooled:
+                e = e + self.context_proj(self.context_encoder(self._tokens(cond, x.shape[0]))).astype(dtype)
             temb = self.temb1(jax.nn.silu(self.temb0(e)))
+        ctx = None
+        if self.context_dim and not self.context_pooled:
+            if "context" in cond:
+                ctx = (jnp.asarray(cond["context"], dtype), cond.get("context_mask"))
+            else:
+                context, mask = self.context_encoder(self._tokens(cond, x.shape[0]))
+                ctx = (context.astype(dtype), mask)
         if self.concat_channels:
             if "concat" not in cond:
                 raise ValueError("UNet: built with concat_channels > 0, so cond['concat'] is required")
@@ -294,10 +332,10 @@ class UNet(nnx.Module):
             x = jnp.concatenate([x, extra], axis=-1)
 
         def encode(level, h, pyramid, temb, key):
-            return level.encode(h, pyramid, temb, train, key, self.skip_rescale)
+            return level.encode(h, pyramid, temb, train, key, self.skip_rescale, ctx)
 
         def decode(level, h, skips, temb, key):
-            return level.decode(h, skips, temb, train, key)
+            return level.decode(h, skips, temb, train, key, ctx)
 
         if self.remat:  # keep only each level's outputs for the backward pass; recompute the rest
             encode, decode = nnx.remat(encode), nnx.remat(decode)
@@ -311,3 +349,11 @@ class UNet(nnx.Module):
             skips = [hs.pop() for _ in level.blocks]
             h = decode(level, h, skips, temb, key)
         return self.conv_out(jax.nn.silu(self.norm_out(h)))
+
+    def _tokens(self, cond, batch: int):
+        """``cond["tokens"]``, or the empty sequence (the null condition) for every row."""
+        if "tokens" in cond:
+            return cond["tokens"]
+        if self.context_encoder is None:
+            raise ValueError("UNet: cross-attention without a token encoder needs cond['context']")
+        return jnp.zeros((batch, self.context_len), jnp.int32).at[:, 0].set(BOS)

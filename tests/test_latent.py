@@ -1,0 +1,138 @@
+"""Latent diffusion with cross-attention: attention masks, identity at initialisation, tokenizers, the
+canvas data, the stored latent scale, end-to-end training and sampling, and one-line errors."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import sde_lib
+from models.attention import SpatialTransformer, TokenEncoder
+from models.layers import GroupNorm
+from sde_lib import latent, text, trainer
+from sde_lib.data import canvas, scale
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_masked_padding_token_changes_nothing_and_the_block_starts_as_identity():
+    enc = TokenEncoder(12, 6, 16, depth=2, heads=4, rngs=nnx.Rngs(0))
+    ids = jnp.array([[1, 5, 6, 0, 0, 0]])
+    st = SpatialTransformer(8, 16, heads=2, head_dim=4, depth=1, norm=GroupNorm(8), rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 8))
+    context, mask = enc(ids)
+    np.testing.assert_array_equal(st(x, (context, mask)), x)  # zero-initialised projection out
+    # Train the projection away from zero, then compare: a padded position's value never matters.
+    st.proj_out.kernel[...] = jax.random.normal(jax.random.PRNGKey(2), st.proj_out.kernel.shape)
+    other = context.at[0, 4].set(100.0)  # garbage at a masked (padding) position
+    np.testing.assert_allclose(st(x, (context, mask)), st(x, (other, mask)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(st(x, (context, mask)), st(x, (other, jnp.ones_like(mask))))
+    # The encoder ignores padding too: tokens after the caption do not change the caption's context.
+    c2, _ = enc(jnp.array([[1, 5, 6, 0, 0, 0]]))
+    np.testing.assert_allclose(c2[:, :3], context[:, :3], rtol=1e-6)
+
+
+def test_tokenizers():
+    tok = text.WordTokenizer.build(["a 3 left of a 7", "a 2 above an 8"], max_len=8)
+    ids, unknown = tok.encode("a 3 left of a 7")
+    assert ids[0] == text.BOS and tok.decode(ids) == "a 3 left of a 7" and unknown == []
+    ids, unknown = tok.encode("a 9 left of a 7")
+    assert unknown == ["9"] and text.UNK in ids.tolist() and tok.decode(ids) == "a <unk> left of a 7"
+    with pytest.raises(ValueError, match="has 8 words; at most 7 fit"):
+        tok.encode("a 3 left of a 7 and more")
+    assert tok.decode(tok.null()) == "" and tok.null()[0] == text.BOS
+    lay = text.LayoutTokenizer(10, 2)
+    boxes = np.array([[3, 0, 0, 0.5, 0.5], [7, 0.5, 0, 1, 0.5]])
+    assert lay.encode(boxes).tolist()[:6] == [text.BOS, 3 + 3, 3 + 10 + 0, 3 + 10 + 0, 3 + 10 + 4, 3 + 10 + 4]
+    with pytest.raises(ValueError, match="at most 2 boxes"):
+        lay.encode(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="class,x0,y0,x1,y1"):
+        text.parse_layout("3,0,0")
+
+
+def test_canvas_captions_match_their_pixels_and_hold_out_combinations():
+    spec = canvas.SPECS["canvas_digits"]
+    x, captions, layouts = canvas.canvases("canvas_digits", "train")
+    slots = canvas.slot_labels(layouts)
+    assert all(canvas.satisfies(c, s, spec) for c, s in zip(captions[:500], slots[:500]))
+    for i in range(50):  # empty slots are black, filled ones hold a digit
+        for s in range(4):
+            r, c = divmod(s, 2)
+            patch = x[i, 8 * r:8 * r + 8, 8 * c:8 * c + 8]
+            assert (patch.max() > 0) == (slots[i, s] >= 0)
+    hidden = canvas.held_out(spec)
+    assert len(hidden) == 20
+    assert not any(canvas.relation_of(c, spec) in hidden for c in captions)
+    assert any(canvas.relation_of(c, spec) in hidden for c in canvas.canvases("canvas_digits", "test")[1])
+    assert canvas.swapped("a 3 left of an 8", spec) == "an 8 left of a 3"
+
+
+def _short(path, **kw):
+    c = runpy.run_path(os.path.join(ROOT, path))["get_config"]()
+    short = {"training.n_iters": 20, "training.n_jitted_steps": 1, "training.snapshot_freq": 20,
+             "training.snapshot_freq_for_preemption": 20, "training.log_freq": 10, "training.eval_freq": 20,
+             "training.batch_size": 32, "eval.batch_size": 100}
+    for k, v in {**short, **kw}.items():
+        g, f = k.split(".")
+        c[g][f] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent")
+    ae = str(root / "ae")
+    trainer.train(_short("configs/canvas/autoencoder.py", **{"model.nf": 8}), ae, progress=False)
+    caption = str(root / "caption")  # one U-Net level: the smallest cross-attention model, for compile time
+    trainer.train(_short("configs/canvas/latent_caption.py", **{"first_stage.workdir": ae, "model.nf": 16,
+                                                                "model.ch_mult": (1,), "model.attn_resolutions": (4,)}),
+                  caption, progress=False)
+    return ae, caption
+
+
+@pytest.mark.slow
+def test_latent_training_and_sampling_end_to_end(runs):
+    ae, caption = runs
+    r = sde_lib.load_run(caption, warn=False)
+    stored = json.load(open(os.path.join(caption, latent.SCALE_FILE)))
+    assert stored["first_stage"] == os.path.abspath(ae) and stored["step"] == 20 and stored["scale"] > 0
+    assert r.first_stage.scale == stored["scale"] and r.model_dims == (4, 4, 4) and r.dims == (16, 16, 1)
+    # The scale is applied inside encode / decode: scaled latents of training canvases have unit spread.
+    imgs = jnp.asarray(scale(canvas.canvases("canvas_digits", "test")[0][:256], 17, True))
+    z = r.first_stage.encode(imgs, jax.random.PRNGKey(0))
+    assert 0.7 < float(jnp.std(z)) < 1.4
+    np.testing.assert_allclose(r.first_stage.decode(z), r.first_stage.decode(z * 1.0), rtol=1e-6)
+    # Sampling returns decoded images; guidance at scale 1 is the conditional branch.
+    key = jax.random.PRNGKey(1)
+    x, info = r.sample(key, 4, "ddim", 5, prompt="a 3 left of a 7")
+    assert x.shape == (4, 16, 16, 1) and info["nfe"] == 5 and np.isfinite(np.asarray(x)).all()
+    g, _ = r.sample(key, 4, "ddim", 5, prompt="a 3 left of a 7", guidance=1.0)
+    np.testing.assert_allclose(x, g, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(x, r.sample(key, 4, "ddim", 5, prompt="a 7 left of a 3")[0])  # the prompt is used
+    with pytest.warns(UserWarning, match=r"outside the vocabulary .*\['giraffe'\]"):
+        r.sample(key, 2, "ddim", 3, prompt="a giraffe left of a 7")
+    with pytest.raises(ValueError, match="at most 11 fit"):
+        r.sample(key, 2, "ddim", 3, prompt=" ".join(["a"] * 12))
+
+
+@pytest.mark.slow
+def test_bad_first_stages_fail_in_one_line(runs, tmp_path):
+    ae, _ = runs
+    cli = [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--config=configs/canvas/latent_caption.py"]
+    r = subprocess.run(cli + [f"--workdir={tmp_path}/x", f"--config.first_stage.workdir={tmp_path}/missing"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: config.first_stage.workdir=")
+    assert "no such autoencoder run folder" in r.stderr and not os.path.exists(f"{tmp_path}/x")
+    # An autoencoder of other images: 16 x 16 canvases, not 8 x 8 digits.
+    r = subprocess.run(cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}", "--config.model.context=none",
+                              "--config.data.dataset=digits", "--config.data.image_size=8"],
+                       capture_output=True, text=True, cwd=ROOT)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "is an autoencoder of (16, 16, 1) images" in last and "Traceback" not in r.stderr
