@@ -45,7 +45,8 @@ def canvas_config(kind: str):
         m.z_channels = 4
         return config
     t.sde = "vpsde"
-    t.n_iters = 4000
+    t.n_iters = 3000
+    t.batch_size = 64
     t.weighting = "sigma2"
     t.reduce_mean = True
     t.cond_drop_prob = 0.1
@@ -66,7 +67,7 @@ def canvas_config(kind: str):
     if kind == "latent":
         config.first_stage.workdir = "runs/canvas_ae"
         m.sigma_data = 1.0  # latents are scaled to unit standard deviation
-        m.nf = 64
+        m.nf = 32
         m.ch_mult = (1, 2)  # 4 x 4 latents -> 2 x 2
         m.attn_resolutions = (4, 2)
     else:
