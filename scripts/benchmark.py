@@ -155,6 +155,36 @@ def _peak_memory(device, peak_reset: bool, baseline: int | None) -> tuple[str, i
     return kind, peak, None if peak is None or baseline is None else peak - baseline
 
 
+def _batch_and_objective(config, graphdef, k: int):
+    """A batch and the objective of ``config``'s train step, as the trainer builds them.
+
+    Unconditional pixel models get uniform noise in the data range (the step's cost does not depend on
+    the values). Conditional or latent models get real training examples with their conditions (labels,
+    caption or layout tokens) and the objective with its null condition and first stage (the frozen
+    encoder runs inside the step; the latent scale is 1 here, which does not change the cost).
+    """
+    from sde_lib import conditioning, latent, objectives
+    from sde_lib.data import Dataset, data_dims
+
+    t, m = config.training, config.model
+    conditional = t.objective != "score" or m.num_classes or m.context != "none"
+    if not conditional and not config.first_stage.workdir:
+        shape = ((k,) if k > 1 else ()) + (t.batch_size, *data_dims(config.data))
+        low = -1.0 if config.data.centered else 0.0
+        return jax.random.uniform(jax.random.PRNGKey(0), shape, minval=low, maxval=1.0), None
+    tokenizer = conditioning.tokenizer_for(config)
+    cond = conditioning.condition_arrays(config, "train", tokenizer) if conditional else None
+    ds = Dataset(config.data, "train", t.batch_size, config.seed, cond=cond)
+    batch = next(ds.iterate(0, steps_per_call=k))
+    first = None
+    if config.first_stage.workdir:
+        stage = latent.load_first_stage(config)
+        first = objectives.FirstStage(stage.params, stage.moments, 1.0, bool(config.first_stage.sample_latents))
+    objective = objectives.make(config, graphdef, null_cond=conditioning.null_condition(config, tokenizer),
+                                first_stage=first)
+    return batch, objective
+
+
 def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     """Time ``config``'s train step as the trainer builds it (``training.n_jitted_steps`` updates per call)."""
     from sde_lib import training
@@ -169,11 +199,9 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     graphdef, state = training.init_train_state(config, optimizer)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = jax.device_put(state, training.replicated(mesh))
-    shape = ((k,) if k > 1 else ()) + (t.batch_size, *data_dims(config.data))
-    low = -1.0 if config.data.centered else 0.0
-    batch = jax.device_put(jax.random.uniform(jax.random.PRNGKey(0), shape, minval=low, maxval=1.0),
-                           training.batch_sharding(mesh, stacked=k > 1))
-    step = training.make_train_step(config, graphdef, optimizer, mesh)
+    batch, objective = _batch_and_objective(config, graphdef, k)
+    batch = jax.device_put(batch, training.batch_sharding(mesh, stacked=k > 1))
+    step = training.make_train_step(config, graphdef, optimizer, mesh, objective)
     baseline = _resident_bytes("VmRSS")  # the process before the step exists: Python, JAX, state, batch
 
     start = time.perf_counter()
@@ -201,6 +229,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     mib = 2.0**20
     row = {"model": m.name, "nf": m.nf, "ch_mult": list(m.ch_mult), "num_res_blocks": m.num_res_blocks,
            "attn_resolutions": list(m.attn_resolutions), "dropout": m.dropout, "params": n_params,
+           "context": m.context, "first_stage": config.first_stage.workdir or None,
            "data": list(data_dims(config.data)), "batch": t.batch_size, "n_jitted_steps": k,
            "compute_dtype": t.compute_dtype, "remat": bool(m.remat), "devices": len(mesh.devices.flat),
            "compile_s": compile_s, "step_s": step_s, "step_s_all": times, "images_per_s": images / step_s,

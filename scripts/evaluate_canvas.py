@@ -1,11 +1,11 @@
 """Prompt adherence of canvas models side by side: one table row per run (and per guidance scale / sampler).
 
-    python scripts/evaluate_canvas.py --workdirs runs/canvas_latent_caption,runs/canvas_latent_pooled,... \
+    python scripts/evaluate_canvas.py --workdirs runs/canvas_latent_caption,runs/canvas_latent_pooled@1000,... \
         [--guidance 1,1.5,3,5] [--samplers dpm_solver_pp_3m,unipc] [--steps 20] [--prompts 40] \
         [--per_prompt 5] [--out out/canvas]
 
-Columns (``sde_lib.canvas_eval``): adherence on seen prompts, binding (order-swapped prompts) and
-composition (held-out combinations), FD / KID in the slot evaluator's features, NFE and seconds per
+A workdir may name a checkpoint: ``DIR@STEP`` (default: the newest). Columns (``sde_lib.canvas_eval``):
+adherence on seen prompts, binding (order-swapped prompts) and composition (held-out combinations), FD / KID in the slot evaluator's features, NFE and seconds per
 sample; the evaluator's ceiling on real canvases (and on autoencoder reconstructions, PSNR) heads the
 table. The guidance sweep and extra samplers apply to the first run. Writes canvas.{md,csv,json} and
 canvas.png (a labelled grid per run) into --out; existing files are kept unless --overwrite.
@@ -49,14 +49,13 @@ def main(argv=None) -> None:
     a = parser().parse_args(argv)
     with cli.exit_on_user_error():
         from sde_lib.metrics.canvas import get_evaluator
-        from sde_lib.runs import load_run
 
         for name, value in (("--steps", a.steps), ("--prompts", a.prompts), ("--per_prompt", a.per_prompt)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         report.check_outputs([os.path.join(a.out, f"canvas.{e}") for e in ("md", "csv", "json", "png")],
                              a.overwrite)
-        runs = [load_run(w) for w in a.workdirs.split(",") if w.strip()]
+        runs = [_load(w) for w in a.workdirs.split(",") if w.strip()]
         if not runs:
             raise ValueError("--workdirs is empty")
         name = runs[0].config.data.dataset
@@ -78,7 +77,7 @@ def main(argv=None) -> None:
                 for w in scales:
                     r = canvas_eval.evaluate_run(run, evaluator, n_prompts=a.prompts, per_prompt=a.per_prompt,
                                                  guidance=w, sampler=sampler, steps=a.steps, seed=a.seed)
-                    rows.append({"run": os.path.basename(os.path.normpath(run.workdir)),
+                    rows.append({"run": _name(run),
                                  "conditioning": _conditioning(run), "space": "latent" if run.first_stage else "pixel",
                                  **r})
             grids.append(_grid(run, a.seed))
@@ -87,6 +86,20 @@ def main(argv=None) -> None:
                                     plot=lambda path: logging_utils.save_png(path, _stack(grids)))
     print(md)
     print("wrote " + ", ".join(paths.values()))
+
+
+def _load(spec: str):
+    """``DIR`` (the newest checkpoint) or ``DIR@STEP``."""
+    from sde_lib.runs import load_run
+
+    path, _, step = spec.strip().partition("@")
+    if step and not step.isdigit():
+        raise ValueError(f"--workdirs: {spec!r} must be DIR or DIR@STEP")
+    return load_run(path, int(step) if step else None)
+
+
+def _name(run) -> str:
+    return f"{os.path.basename(os.path.normpath(run.workdir))}@{run.step}"
 
 
 def _conditioning(run) -> str:
@@ -112,7 +125,7 @@ def _grid(run, seed: int):
         x, _ = run.sample(jax.random.PRNGKey(seed), 6, "dpm_solver_pp_3m", 20, **kw)
         rows.append(to_uint8(np.asarray(x), d.levels, d.centered))
         labels.append(prompt if kw else f"(unconditional) {prompt}")
-    title = f"{os.path.basename(os.path.normpath(run.workdir))}: {_conditioning(run)}, dpm_solver_pp_3m 20 steps"
+    title = f"{_name(run)}: {_conditioning(run)}, dpm_solver_pp_3m 20 steps"
     return logging_utils.labelled_rows(rows, labels, title, cell=48)
 
 

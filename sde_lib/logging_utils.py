@@ -120,8 +120,9 @@ def labelled_rows(rows: list[np.ndarray], labels: list[str], title: str | None =
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(measure.textlength(str(t), font=font)) for t in labels) + 12
     title_h = (font.size + 12) if title else 0
-    canvas = Image.new("RGB", (label_w + max(s.width for s in strips), title_h + sum(s.height for s in strips)),
-                       "white")
+    title_w = int(measure.textlength(title, font=font)) + 12 if title else 0  # never cut the title off
+    width = max(label_w + max(s.width for s in strips), title_w)
+    canvas = Image.new("RGB", (width, title_h + sum(s.height for s in strips)), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((6, 4), title, fill="black", font=font)
