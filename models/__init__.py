@@ -5,8 +5,9 @@ Every model is called as ``model(x, c_noise, cond=None, *, train=False, key=None
 ``(B, *dims)``, ``c_noise`` of shape ``(B,)`` (the conditioning the parameterisation adapter picks) and
 an optional condition dict: ``{"label": (B,) int}`` (class embedding; index ``num_classes`` is the null
 class), ``{"concat": (B, *spatial, C)}`` (channel concatenation), ``{"context": (B, L, C),
-"context_mask": (B, L)}`` (cross-attention); ``train=True`` with a PRNG ``key`` turns dropout on. Models hold parameters only (no RNG state), so the
-functional pattern is ``graphdef, params = nnx.split(model)`` and ``nnx.merge(graphdef, params)``.
+"context_mask": (B, L)}`` or ``{"tokens": (B, L) int}`` (cross-attention, or a pooled token embedding,
+through the network's own token encoder); ``train=True`` with a PRNG ``key`` turns dropout on. Models hold
+parameters only (no RNG state), so the functional pattern is ``graphdef, params = nnx.split(model)`` and ``nnx.merge(graphdef, params)``.
 """
 
 from __future__ import annotations
@@ -72,5 +73,5 @@ def count_params(model: nnx.Module) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["AutoencoderGAN", "AutoencoderKL", "MLP", "MODEL_NAMES", "PatchDiscriminator", "UNET_NAMES", "UNet", "count_params", "default_init", "fourier_embedding", "get_model",
-           "positional_embedding"]
+__all__ = ["AutoencoderGAN", "AutoencoderKL", "MLP", "MODEL_NAMES", "PatchDiscriminator", "UNET_NAMES", "UNet",
+           "count_params", "default_init", "fourier_embedding", "get_model", "positional_embedding"]

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 
 import jax

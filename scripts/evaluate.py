@@ -28,7 +28,6 @@ are only read; existing outputs are kept unless ``--overwrite``. Bad input ends 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

@@ -89,7 +89,8 @@ def main(argv=None) -> None:
                              "sliced_w2": sliced_wasserstein_projected(xf @ theta, exact @ theta), "floor": floor,
                              "shares": shares, "exact_weights": weights})
                 print(rows[-1], flush=True)
-        md = ["| problem | method | NFE | sliced W2 to the exact posterior | floor | shares of the posterior's components | exact weights |",
+        md = ["| problem | method | NFE | sliced W2 to the exact posterior | floor "
+              "| shares of the posterior's components | exact weights |",
               "|---|---|---:|---:|---:|---|---|"]
         md += [f"| {r['problem']} | {r['method']} | {r['nfe']} | {r['sliced_w2']:.4f} | {r['floor']:.4f} | "
                f"{r['shares']} | {r['exact_weights']} |" for r in rows]

@@ -127,8 +127,8 @@ def main(argv):
                                                [c for _, c, _ in conditions], title)
             logging_utils.save_png(out + ".png", grid)
     print(json.dumps({"step": run.step, "params": run.params, "sampler": sampler, "steps": int(steps), "nfe": nfe,
-                      "num": len(x), "conditions": [c for _, c, _ in conditions], "guidance": _GUIDANCE.value, "seconds": seconds,
-                      "png": out + ".png", "npz": out + ".npz"}))
+                      "num": len(x), "conditions": [c for _, c, _ in conditions], "guidance": _GUIDANCE.value,
+                      "seconds": seconds, "png": out + ".png", "npz": out + ".npz"}))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sde_lib import losses
 from sde_lib.parameterization import noise_conditioning
 from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
 
@@ -214,6 +213,7 @@ def make(config, graphdef, *, null_cond=None, first_stage: FirstStage | None = N
     if kind == "autoencoder":
         from flax import nnx
 
-        return AutoencoderObjective(lambda params: nnx.merge(graphdef, params), t.rec_loss, float(t.kl_weight), perceptual, float(t.perceptual_weight),
+        return AutoencoderObjective(lambda params: nnx.merge(graphdef, params), t.rec_loss, float(t.kl_weight),
+                                    perceptual, float(t.perceptual_weight),
                                     float(t.disc_weight), int(t.disc_start))
     raise ValueError(f"config.training.objective must be one of {OBJECTIVES}, got {kind!r}")

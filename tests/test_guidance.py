@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib import ablation, guidance, sampling
-from sde_lib.metrics.distances import random_directions
+from sde_lib import guidance, sampling
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.parameterization import eps_and_x0
 

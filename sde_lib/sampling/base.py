@@ -15,7 +15,6 @@ import abc
 from typing import ClassVar
 
 import diffrax
-import equinox as eqx
 import jax.numpy as jnp
 
 from sde_lib.parameterization import eps_and_x0

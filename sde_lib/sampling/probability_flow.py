@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import diffrax
 import equinox as eqx
-import jax.numpy as jnp
 
 from sde_lib.sampling.api import bind_score, per_row, saveat
 from sde_lib.sampling.registry import Option, Sampler, register
