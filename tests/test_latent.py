@@ -108,7 +108,6 @@ def test_latent_training_and_sampling_end_to_end(runs):
     imgs = jnp.asarray(scale(canvas.canvases("canvas_digits", "test")[0][:256], 17, True))
     z = r.first_stage.encode(imgs, jax.random.PRNGKey(0))
     assert 0.7 < float(jnp.std(z)) < 1.4
-    np.testing.assert_allclose(r.first_stage.decode(z), r.first_stage.decode(z * 1.0), rtol=1e-6)
     # Sampling returns decoded images; guidance at scale 1 is the conditional branch.
     key = jax.random.PRNGKey(1)
     x, info = r.sample(key, 4, "ddim", 5, prompt="a 3 left of a 7")
@@ -117,9 +116,9 @@ def test_latent_training_and_sampling_end_to_end(runs):
     np.testing.assert_allclose(x, g, rtol=1e-4, atol=1e-4)
     assert not np.allclose(x, r.sample(key, 4, "ddim", 5, prompt="a 7 left of a 3")[0])  # the prompt is used
     with pytest.warns(UserWarning, match=r"outside the vocabulary .*\['giraffe'\]"):
-        r.sample(key, 2, "ddim", 3, prompt="a giraffe left of a 7")
+        r.sample(key, 4, "ddim", 5, prompt="a giraffe left of a 7")  # same shapes: no new compile
     with pytest.raises(ValueError, match="at most 11 fit"):
-        r.sample(key, 2, "ddim", 3, prompt=" ".join(["a"] * 12))
+        r.sample(key, 4, "ddim", 5, prompt=" ".join(["a"] * 12))
 
 
 @pytest.mark.slow
@@ -131,7 +130,8 @@ def test_bad_first_stages_fail_in_one_line(runs, tmp_path):
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: config.first_stage.workdir=")
     assert "no such autoencoder run folder" in r.stderr and not os.path.exists(f"{tmp_path}/x")
     # An autoencoder of other images: 16 x 16 canvases, not 8 x 8 digits.
-    r = subprocess.run(cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}", "--config.model.context=none",
+    r = subprocess.run(cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}",
+                              "--config.model.context=none",
                               "--config.data.dataset=digits", "--config.data.image_size=8"],
                        capture_output=True, text=True, cwd=ROOT)
     last = r.stderr.strip().splitlines()[-1]
