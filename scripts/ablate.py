@@ -20,13 +20,6 @@ import argparse
 from sde_lib import ablation, cli, report
 
 
-def _list(text: str, kind, flag: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
@@ -58,10 +51,11 @@ def main(argv=None) -> None:
         report.check_outputs([f"{a.out}/ablation.{e}" for e in ("csv", "md", "json", "png")], a.overwrite)
         source = (ablation.workdir_source(a.workdir, a.step, a.params) if a.workdir
                   else ablation.oracle_source(a.mixture, a.sde))
-        samplers = _list(a.samplers, str, "--samplers") if a.samplers else (
+        samplers = cli.comma_list(a.samplers, str, "--samplers") if a.samplers else (
             ablation.default_samplers() + ablation.adaptive_samplers())
         result = ablation.run_ablation(
-            source, samplers, _list(a.nfe, int, "--nfe"), tolerances=_list(a.tolerances, float, "--tolerances"),
+            source, samplers, cli.comma_list(a.nfe, int, "--nfe"),
+            tolerances=cli.comma_list(a.tolerances, float, "--tolerances"),
             n=a.n, seed=a.seed, eps=a.eps, denoise=a.denoise, ref_tol=a.ref_tol, ref_x64=not a.ref_float32,
             num_projections=a.projections, floor_draws=a.floor_draws, cache_dir=a.cache_dir)
         paths = ablation.write_outputs(result, a.out, overwrite=a.overwrite)

@@ -96,13 +96,6 @@ def official_methods(path: str, source) -> dict:
     return methods
 
 
-def _list(text: str, kind, flag: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
@@ -136,10 +129,11 @@ def main(argv=None) -> None:
         candidates = [study.parse_candidate(s) for s in a.samplers.split(";") if s.strip()]
         calibrated = [study.parse_candidate(s) for s in a.calibrated.split(";") if s.strip()]
         external = official_methods(a.official, source) if a.official else None
-        result = study.run_study(source, candidates, _list(a.nfe, int, "--nfe"), grids=_list(a.grids, str, "--grids"),
+        result = study.run_study(source, candidates, cli.comma_list(a.nfe, int, "--nfe"),
+                                 grids=cli.comma_list(a.grids, str, "--grids"),
                                  calibrated=calibrated, n=a.n, seed=a.seed, ref_tol=a.ref_tol, n_cal=a.n_cal,
                                  cal_iters=a.cal_iters, cal_lr=a.cal_lr,
-                                 cal_objectives=_list(a.cal_objectives, str, "--cal_objectives"),
+                                 cal_objectives=cli.comma_list(a.cal_objectives, str, "--cal_objectives"),
                                  external=external, cache_dir=a.cache_dir,
                                  image_metrics=not a.no_fd)
         text = study.markdown(result)

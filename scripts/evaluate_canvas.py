@@ -38,13 +38,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-
-
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     with cli.exit_on_user_error():
@@ -71,7 +64,10 @@ def main(argv=None) -> None:
         rows, grids = [], []
         for i, run in enumerate(runs):
             conditional = run.config.model.context != "none"
-            scales = _floats(a.guidance, "--guidance") if i == 0 and conditional else ([3.0] if conditional else [None])
+            if i == 0 and conditional:
+                scales = cli.comma_list(a.guidance, float, "--guidance")
+            else:
+                scales = [3.0] if conditional else [None]
             samplers = a.samplers.split(",") if i == 0 else [a.samplers.split(",")[0]]
             for sampler in samplers:
                 for w in scales:

@@ -53,21 +53,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list(text: str, flag: str, kind=float) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
-
-
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     with cli.exit_on_user_error():
         from sde_lib.runs import load_run
 
-        scales = _list(a.guidance, "--guidance")
-        cscales = _list(a.classifier_guidance, "--classifier_guidance")
-        nfes = _list(a.inpaint_nfe, "--inpaint_nfe", int)
+        scales = cli.comma_list(a.guidance, float, "--guidance")
+        cscales = cli.comma_list(a.classifier_guidance, float, "--classifier_guidance")
+        nfes = cli.comma_list(a.inpaint_nfe, int, "--inpaint_nfe")
         methods = [m for m in a.methods.split(",") if m.strip()]
         for name, value in (("--steps", a.steps), ("--per_class", a.per_class), ("--inpaint_n", a.inpaint_n)):
             if value < 1:

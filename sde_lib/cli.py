@@ -78,3 +78,11 @@ def exit_on_user_error():
         yield
     except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
         sys.exit(f"error: {err}")
+
+
+def comma_list(text: str, kind, flag: str) -> list:
+    """``"a,b,c"`` -> ``[kind(a), kind(b), kind(c)]`` (empty items dropped); one ValueError naming ``flag``."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
