@@ -15,7 +15,7 @@ from sde_lib.metrics.distances import random_directions
 from tests.helpers import toy_config
 
 CFG = {"data.centered": False, "model.hidden": 128, "model.n_layers": 3, "training.batch_size": 256,
-       "training.n_iters": 3000, "training.n_jitted_steps": 1, "training.log_freq": 500, "training.eval_freq": 3000,
+       "training.n_iters": 3000, "training.n_jitted_steps": 10, "training.log_freq": 500, "training.eval_freq": 3000,
        "training.snapshot_freq": 3000, "training.snapshot_freq_for_preemption": 3000,
        "training.snapshot_sampling": False, "optim.warmup": 100, "optim.lr": 2e-3, "optim.ema_rate": 0.99,
        "model.num_classes": 2, "training.cond_drop_prob": 0.2}

@@ -46,9 +46,10 @@ def test_guidance_scale_one_is_conditional_and_zero_unconditional(ring, name, sd
 @pytest.mark.parametrize("name", sampling.available_samplers())
 def test_every_sampler_samples_guided_classes(ring, name, sdes):
     """Every registered sampler runs a classifier-free guided score (one compile for both scales: the scale
-    is traced): at scale 1 the samples land on the asked class's modes, at scale 0 on both classes."""
+    is traced): at scale 1 the samples land on the asked class's modes, at scale 0 on both classes.
+    (Exactness of scales 0 and 1 against the plain scores is checked above for one sampler per family.)"""
     sde = sdes["vp"]
-    n, steps = 128, (30 if sampling.sampler_family(name) == "sde" else 12)
+    n, steps = 64, (20 if sampling.sampler_family(name) == "sde" else 8)
     # The adaptive SDE solver at its default tolerance exhausts max_steps on these narrow modes (with or
     # without guidance); 1e-2 is what it needs here.
     options = {"rtol": 1e-2, "atol": 1e-2} if name == "sde_adaptive" else {}
