@@ -27,7 +27,7 @@ from flax import nnx
 
 from sde_lib.data import canvas as canvas_data
 from sde_lib.data.scaling import scale, unscale
-from sde_lib.metrics.classifier import CACHE_ENV, DEFAULT_CACHE
+from sde_lib.metrics.classifier import CACHE_ENV, DEFAULT_CACHE, ConvNet
 
 _VERSION = 1
 _BATCH = 500
@@ -43,28 +43,16 @@ class SlotClassifierConfig:
     seed: int = 0
 
 
-class SlotNet(nnx.Module):
-    """Canvases ``(B, S, S, 1)`` in [0, 1] -> slot logits ``(B, 4, C + 1)``; ``features`` ``(B, feature_dim)``."""
+class SlotNet(ConvNet):
+    """The metric classifiers' :class:`ConvNet` with one head per slot: canvases ``(B, S, S, 1)`` in [0, 1] ->
+    slot logits ``(B, 4, C + 1)``; ``features`` ``(B, feature_dim)``."""
 
     def __init__(self, size: int, num_classes: int, cfg: SlotClassifierConfig, *, rngs: nnx.Rngs):
-        convs, c_in, s = [], 1, size
-        for i, c in enumerate(cfg.channels):
-            stride = 1 if i == 0 else 2
-            convs.append(nnx.Conv(c_in, c, (3, 3), strides=stride, padding="SAME", rngs=rngs))
-            c_in, s = c, -(-s // stride)
-        self.convs = nnx.List(convs)
-        self.hidden = nnx.Linear(s * s * c_in, cfg.feature_dim, rngs=rngs)
-        self.head = nnx.Linear(cfg.feature_dim, len(canvas_data.SLOTS) * (num_classes + 1), rngs=rngs)
+        super().__init__(size, 1, cfg, rngs=rngs, num_outputs=len(canvas_data.SLOTS) * (num_classes + 1))
         self.num_classes = num_classes
 
-    def features(self, x):
-        h = 2.0 * x - 1.0
-        for conv in self.convs:
-            h = nnx.relu(conv(h))
-        return nnx.relu(self.hidden(h.reshape(h.shape[0], -1)))
-
     def __call__(self, x):
-        return self.head(self.features(x)).reshape(x.shape[0], len(canvas_data.SLOTS), self.num_classes + 1)
+        return super().__call__(x).reshape(x.shape[0], len(canvas_data.SLOTS), self.num_classes + 1)
 
 
 class CanvasEvaluator:

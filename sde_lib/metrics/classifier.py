@@ -61,9 +61,11 @@ DEFAULT_CONFIGS = {
 
 
 class ConvNet(nnx.Module):
-    """Images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, 10)``; ``features`` gives ``(B, feature_dim)``."""
+    """Images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, num_outputs)`` (10 classes by default);
+    ``features`` gives ``(B, feature_dim)``. ``cfg`` needs ``channels`` and ``feature_dim``."""
 
-    def __init__(self, image_size: int, num_channels: int, cfg: ClassifierConfig, *, rngs: nnx.Rngs):
+    def __init__(self, image_size: int, num_channels: int, cfg: ClassifierConfig, *, rngs: nnx.Rngs,
+                 num_outputs: int = reference.NUM_CLASSES):
         convs, c_in, size = [], num_channels, image_size
         for i, c in enumerate(cfg.channels):
             stride = 1 if i == 0 else 2
@@ -71,7 +73,7 @@ class ConvNet(nnx.Module):
             c_in, size = c, -(-size // stride)
         self.convs = nnx.List(convs)
         self.hidden = nnx.Linear(size * size * c_in, cfg.feature_dim, rngs=rngs)
-        self.head = nnx.Linear(cfg.feature_dim, reference.NUM_CLASSES, rngs=rngs)
+        self.head = nnx.Linear(cfg.feature_dim, num_outputs, rngs=rngs)
 
     def features(self, x):
         h = 2.0 * x - 1.0
