@@ -160,10 +160,10 @@ def _batch_and_objective(config, graphdef, k: int):
 
     Unconditional pixel models get uniform noise in the data range (the step's cost does not depend on
     the values). Conditional or latent models get real training examples with their conditions (labels,
-    caption or layout tokens) and the objective with its null condition and first stage (the frozen
-    encoder runs inside the step; the latent scale is 1 here, which does not change the cost).
+    caption or layout tokens) and the trainer's objective (``trainer.run_objective``: null condition,
+    frozen first stage, perceptual features); the latent scale is 1 here, which does not change the cost.
     """
-    from sde_lib import conditioning, latent, objectives
+    from sde_lib import conditioning, latent, trainer
     from sde_lib.data import Dataset, data_dims
 
     t, m = config.training, config.model
@@ -176,13 +176,8 @@ def _batch_and_objective(config, graphdef, k: int):
     cond = conditioning.condition_arrays(config, "train", tokenizer) if conditional else None
     ds = Dataset(config.data, "train", t.batch_size, config.seed, cond=cond)
     batch = next(ds.iterate(0, steps_per_call=k))
-    first = None
-    if config.first_stage.workdir:
-        stage = latent.load_first_stage(config)
-        first = objectives.FirstStage(stage.params, stage.moments, 1.0, bool(config.first_stage.sample_latents))
-    objective = objectives.make(config, graphdef, null_cond=conditioning.null_condition(config, tokenizer),
-                                first_stage=first)
-    return batch, objective
+    stage = latent.load_first_stage(config) if config.first_stage.workdir else None  # scale 1 until computed
+    return batch, trainer.run_objective(config, graphdef, tokenizer, stage)
 
 
 def bench_train(config, repeats: int, warmup: int) -> list[dict]:

@@ -422,11 +422,7 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, prepared: _
         checkpoints.close()
         raise ValueError(f"the run resumes at step {start}, which config.training.n_jitted_steps={k} does not divide")
 
-    null = conditioning.null_condition(config, prepared.tokenizer)
-    first = None if stage is None else objectives.FirstStage(stage.params, stage.moments, stage.scale,
-                                                              bool(config.first_stage.sample_latents))
-    objective = objectives.make(config, graphdef, null_cond=null, first_stage=first,
-                                perceptual=_perceptual(config))
+    objective = run_objective(config, graphdef, prepared.tokenizer, stage)
     train_step = training.make_train_step(config, graphdef, optimizer, mesh, objective)
     batches = train_ds.iterate(start, sharding=training.batch_sharding(mesh, stacked=k > 1), steps_per_call=k)
     eval_step = training.make_eval_step(config, graphdef, mesh, objective)
@@ -502,6 +498,15 @@ def _snapshot_samples(config, graphdef, state, key, workdir, step, logger, prepa
         image = samples_to_png(config, to_host(x), os.path.join(workdir, "samples", f"step_{step}.png"))
         if image is not None:
             logger.write_image(step, "samples", image)
+
+
+def run_objective(config, graphdef, tokenizer=None, stage: latent.FirstStage | None = None):
+    """The objective of ``config``'s train step: its null condition (condition dropout), the frozen first
+    stage of a latent run and the perceptual features of an autoencoder run (``objectives.make``)."""
+    first = None if stage is None else objectives.FirstStage(stage.params, stage.moments, stage.scale,
+                                                              bool(config.first_stage.sample_latents))
+    return objectives.make(config, graphdef, null_cond=conditioning.null_condition(config, tokenizer),
+                           first_stage=first, perceptual=_perceptual(config))
 
 
 def _perceptual(config):
