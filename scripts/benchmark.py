@@ -6,12 +6,14 @@
             config's shape: images/s (median over --repeats steps after --warmup), compile time, and peak
             memory (CPU: the process's peak resident set during the timed steps and its rise over the
             resident set before compiling; GPU/TPU: the device's peak_bytes_in_use), that per image, and
-            XLA's temporary buffers of the compiled step (the activations that model.remat reduces).
+            XLA's temporary buffers of the compiled step per device (the activations that model.remat
+            reduces), and how many cores were busy (process CPU time / wall time of the timed steps).
+            --cpu_devices=N splits the host CPU into N devices, as scripts/train.py does.
 
 Usage:
   python scripts/benchmark.py sampler [--batch=512 --dim=64 --hidden=256 --steps=100 --repeats=7]
   python scripts/benchmark.py train [--config=configs/cifar10/vp_ddpmpp_continuous.py] [--config.model.nf=32 ...]
-                                    [--repeats=10 --warmup=2]
+                                    [--repeats=10 --warmup=2] [--cpu_devices=N]
 ``train`` takes the config file and ``--config.*`` overrides exactly as scripts/train.py does (default: the
 CIFAR-10 DDPM++ config). Results print as a markdown table and go to --out (JSON).
 """
@@ -85,6 +87,8 @@ _STEPS = flags.DEFINE_integer("steps", 100, "sampler: solver steps.")
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed repetitions (default: sampler 7, train 10).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "train: untimed steps after compilation.")
 _OUT = flags.DEFINE_string("out", None, "JSON output path (default out/benchmark_<what>.json).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "train: split the host CPU into this many devices "
+                                    "(as scripts/train.py --cpu_devices).")
 
 
 def bench_sampler(batch: int, dim: int, hidden: int, steps: int, repeats: int) -> list[dict]:
@@ -190,6 +194,8 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     t, m = config.training, config.model
     k = int(t.n_jitted_steps)
     mesh = training.make_mesh()
+    if t.batch_size % mesh.size:
+        raise ValueError(f"config.training.batch_size={t.batch_size} must be a multiple of the {mesh.size} devices")
     optimizer = training.make_optimizer(config.optim, t.n_iters)
     graphdef, state = training.init_train_state(config, optimizer)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -208,11 +214,13 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     jax.block_until_ready(state)
     peak_reset = _reset_peak_resident()
     times = []
+    cpu_start = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
+    cores_busy = (time.process_time() - cpu_start) / sum(times)  # CPU seconds of all threads per wall second
     memory_kind, peak, added = _peak_memory(jax.local_devices()[0], peak_reset, baseline)
 
     images = k * t.batch_size
@@ -227,6 +235,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
            "context": m.context, "first_stage": config.first_stage.workdir or None,
            "data": list(data_dims(config.data)), "batch": t.batch_size, "n_jitted_steps": k,
            "compute_dtype": t.compute_dtype, "remat": bool(m.remat), "devices": len(mesh.devices.flat),
+           "cores_busy": cores_busy,
            "compile_s": compile_s, "step_s": step_s, "step_s_all": times, "images_per_s": images / step_s,
            "memory_kind": memory_kind, "peak_bytes": peak, "step_bytes": added,
            "step_bytes_per_image": added and added / images,
@@ -236,13 +245,13 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     print(f"{m.name} nf={m.nf} ch_mult={tuple(m.ch_mult)} res_blocks={m.num_res_blocks} attn={tuple(m.attn_resolutions)} "
           f"{'x'.join(map(str, data_dims(config.data)))} {n_params / 1e6:.2f}M params, {row['devices']} "
           f"{jax.default_backend()} device(s); memory: {memory_kind}")
-    print("| batch | updates/call | dtype | remat | compile (s) | step (s) | images/s | peak (MiB) | step's (MiB) "
-          "| per image (MiB) | XLA temp (MiB) |")
-    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| batch | devices | updates/call | dtype | remat | compile (s) | step (s) | images/s | cores busy "
+          "| peak (MiB) | step's (MiB) | per image (MiB) | XLA temp per device (MiB) |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     fmt = lambda b: "-" if b is None else f"{b / mib:.1f}"  # noqa: E731
-    print(f"| {t.batch_size} | {k} | {t.compute_dtype} | {row['remat']} | {compile_s:.1f} | {step_s:.3f} "
-          f"| {row['images_per_s']:.1f} | {fmt(peak)} | {fmt(added)} | {fmt(row['step_bytes_per_image'])} "
-          f"| {fmt(row['xla_temp_bytes'])} |")
+    print(f"| {t.batch_size} | {row['devices']} | {k} | {t.compute_dtype} | {row['remat']} | {compile_s:.1f} "
+          f"| {step_s:.3f} | {row['images_per_s']:.1f} | {cores_busy:.2f} | {fmt(peak)} | {fmt(added)} "
+          f"| {fmt(row['step_bytes_per_image'])} | {fmt(row['xla_temp_bytes'])} |")
     return [row]
 
 
@@ -250,11 +259,16 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in ("sampler", "train"):
         raise app.UsageError("usage: benchmark.py {sampler,train} [flags]; see --help")
     what = argv[1]
+    from sde_lib import cli, trainer
+
+    with cli.exit_on_user_error():
+        trainer.use_cpu_devices(_CPU_DEVICES.value)
     repeats = _REPEATS.value or (7 if what == "sampler" else 10)
     if what == "sampler":
         rows = bench_sampler(_BATCH.value, _DIM.value, _HIDDEN.value, _STEPS.value, repeats)
     else:
-        rows = bench_train(_CONFIG.value, repeats, _WARMUP.value)
+        with cli.exit_on_user_error():
+            rows = bench_train(_CONFIG.value, repeats, _WARMUP.value)
     out = _OUT.value or f"out/benchmark_{what}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     machine = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],

@@ -7,6 +7,9 @@ Resuming compares the config with the run's config.json: only lengths, frequenci
 evaluation settings may change (sde_lib.trainer.RESUMABLE); --force resumes with other changes
 anyway, --fork_from=OTHER_RUN starts a new run in --workdir from OTHER_RUN's newest checkpoint.
 
+CPU-only machine: --cpu_devices=N (e.g. the number of cores) trains data-parallel over N host devices,
+which keeps every core busy (docs/throughput.md); the batch size must be a multiple of N.
+
 Multi-host: start one process per host with --coordinator_address=HOST:PORT --num_processes=P
 --process_id=I, or --distributed to let JAX detect the cluster (SLURM, TPU pods, ...).
 """
@@ -23,6 +26,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Split the host CPU into this many devices and train "
+                                    "data-parallel over them (CPU-only machines; e.g. one per core).")
 flags.mark_flag_as_required("config")
 
 
@@ -33,8 +38,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
     from sde_lib import cli, trainer  # after flag parsing: jax.distributed must initialise before other JAX use
 
-    trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     with cli.exit_on_user_error():
+        trainer.use_cpu_devices(_CPU_DEVICES.value)
+        trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                       _DISTRIBUTED.value)
         trainer.train(_CONFIG.value, _WORKDIR.value, keep=_KEEP.value, force=_FORCE.value, fork_from=_FORK.value)
 
 

@@ -76,6 +76,26 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         jax.distributed.initialize()
 
 
+def use_cpu_devices(n: int | None) -> None:
+    """Expose the host CPU as ``n`` JAX devices, so that training runs data-parallel over them.
+
+    XLA:CPU runs one device's program one operation after another and leaves many of them (elementwise
+    fusions, reductions, small matrix products) on a single core; ``n`` devices run ``n`` shards of the
+    batch at once, so every core stays busy (docs/throughput.md: 1.3-1.5x the images/s of the DDPM++ step
+    with 2 devices on 2 cores). The batch must be a multiple of ``n``; results equal one device's up to
+    the summation order of the batch mean. Has no effect where the default backend is a GPU or TPU.
+    Must run before any other JAX call; ``None`` keeps JAX's default (one CPU device).
+    """
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"--cpu_devices={n}: must be at least 1")
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError as err:  # JAX refuses once a backend exists
+        raise ValueError(f"--cpu_devices={n}: must be set before any JAX computation in this process") from err
+
+
 # ------------------------------------------------------------------------------------------ identity
 def _flat(config, prefix: str = "") -> dict:
     out = {}
@@ -409,7 +429,8 @@ def _train_locked(config, workdir, mesh, optimizer, graphdef, state, prepared: _
             latent.save_scale(workdir, stage)
         if isinstance(prepared.tokenizer, text.WordTokenizer):
             prepared.tokenizer.save(workdir)
-        append_history(workdir, {**event, "step": int(start), **({} if stage is None else {
+        append_history(workdir, {**event, "step": int(start), "backend": jax.default_backend(),
+                                 "devices": int(mesh.size), **({} if stage is None else {
             "first_stage": stage.workdir, "first_stage_step": stage.step, "latent_scale": stage.scale})})
     if start:
         log.warning("resuming %s from step %d", workdir, start)

@@ -107,6 +107,25 @@ def test_a_failing_first_command_creates_no_folder(tmp_path):
     assert not os.path.exists(workdir)
 
 
+def test_cpu_devices_train_data_parallel_to_the_same_losses(trained, tmp_path):
+    """``train.py --cpu_devices=2`` runs the module's toy run on two host devices: the history records the
+    mesh, and the logged losses equal the one-device run's up to the batch mean's summation order."""
+    workdir = str(tmp_path / "two_devices")
+    r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--cpu_devices=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    event = json.loads(open(os.path.join(workdir, trainer.HISTORY_FILE)).readline())
+    assert (event["backend"], event["devices"]) == ("cpu", 2)
+    ours, ref = (logging_utils.read_metrics(w) for w in (workdir, trained))
+    assert [m.keys() for m in ours] == [m.keys() for m in ref] and len(ours) >= 4
+    for a, b in zip(ours, ref):  # another key or batch would give other losses, far beyond 1e-4
+        for key in a.keys() & {"loss", "eval_loss"}:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
+    for flag, words in (("--cpu_devices=0", ["--cpu_devices=0: must be at least 1"]),
+                        ("--cpu_devices=3", ["batch_size=64 must be a multiple of the 3 devices"])):
+        one_line_error(script("train.py", f"--config={TOY}", f"--workdir={tmp_path}/bad", *FLAGS, flag), *words)
+        assert not os.path.exists(f"{tmp_path}/bad")
+
+
 def test_resumable_changes_are_recorded_and_forced_ones_need_force(run):
     workdir, _ = run
     state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 60}), workdir, progress=False)
