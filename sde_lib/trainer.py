@@ -81,9 +81,10 @@ def use_cpu_devices(n: int | None) -> None:
 
     XLA:CPU runs one device's program one operation after another and leaves many of them (elementwise
     fusions, reductions, small matrix products) on a single core; ``n`` devices run ``n`` shards of the
-    batch at once, so every core stays busy (docs/throughput.md: 1.3-1.5x the images/s of the DDPM++ step
-    with 2 devices on 2 cores). The batch must be a multiple of ``n``; results equal one device's up to
-    the summation order of the batch mean. Has no effect where the default backend is a GPU or TPU.
+    batch at once, so every core stays busy (docs/throughput.md: U-Net steps 1.3-1.6x the images/s with 2
+    devices on 2 cores; the quick start's MLP, whose large matrix products already use every core, 0.6x).
+    The batch must be a multiple of ``n``; results equal one device's up to the summation order of the
+    batch mean. Has no effect where the default backend is a GPU or TPU.
     Must run before any other JAX call; ``None`` keeps JAX's default (one CPU device).
     """
     if n is None:
