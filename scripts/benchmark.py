@@ -7,7 +7,8 @@
             memory (CPU: the process's peak resident set during the timed steps and its rise over the
             resident set before compiling; GPU/TPU: the device's peak_bytes_in_use), that per image, and
             XLA's temporary buffers of the compiled step per device (the activations that model.remat
-            reduces), and how many cores were busy (process CPU time / wall time of the timed steps).
+            reduces), how many cores were busy (process CPU time / wall time of the timed steps), and the
+            page faults and kernel time per call.
             --cpu_devices=N splits the host CPU into N devices, as scripts/train.py does.
 
 Usage:
@@ -214,13 +215,19 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     jax.block_until_ready(state)
     peak_reset = _reset_peak_resident()
     times = []
-    cpu_start = time.process_time()
+    usage_start = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         start = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
-    cores_busy = (time.process_time() - cpu_start) / sum(times)  # CPU seconds of all threads per wall second
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = usage.ru_utime + usage.ru_stime - usage_start.ru_utime - usage_start.ru_stime
+    cores_busy = cpu_s / sum(times)  # CPU seconds of all threads per wall second
+    # XLA:CPU maps its temporary buffer afresh on every call (one page fault per 4 KiB page touched):
+    # the kernel time this costs is what n_jitted_steps > 1 amortises (docs/throughput.md).
+    faults_per_call = (usage.ru_minflt - usage_start.ru_minflt) / repeats
+    system_s_per_call = (usage.ru_stime - usage_start.ru_stime) / repeats
     memory_kind, peak, added = _peak_memory(jax.local_devices()[0], peak_reset, baseline)
 
     images = k * t.batch_size
@@ -235,7 +242,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
            "context": m.context, "first_stage": config.first_stage.workdir or None,
            "data": list(data_dims(config.data)), "batch": t.batch_size, "n_jitted_steps": k,
            "compute_dtype": t.compute_dtype, "remat": bool(m.remat), "devices": len(mesh.devices.flat),
-           "cores_busy": cores_busy,
+           "cores_busy": cores_busy, "page_faults_per_call": faults_per_call, "system_s_per_call": system_s_per_call,
            "compile_s": compile_s, "step_s": step_s, "step_s_all": times, "images_per_s": images / step_s,
            "memory_kind": memory_kind, "peak_bytes": peak, "step_bytes": added,
            "step_bytes_per_image": added and added / images,
@@ -246,12 +253,14 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
           f"{'x'.join(map(str, data_dims(config.data)))} {n_params / 1e6:.2f}M params, {row['devices']} "
           f"{jax.default_backend()} device(s); memory: {memory_kind}")
     print("| batch | devices | updates/call | dtype | remat | compile (s) | step (s) | images/s | cores busy "
-          "| peak (MiB) | step's (MiB) | per image (MiB) | XLA temp per device (MiB) |")
-    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| page faults/call | kernel ms/call | peak (MiB) | step's (MiB) | per image (MiB) "
+          "| XLA temp per device (MiB) |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     fmt = lambda b: "-" if b is None else f"{b / mib:.1f}"  # noqa: E731
     print(f"| {t.batch_size} | {row['devices']} | {k} | {t.compute_dtype} | {row['remat']} | {compile_s:.1f} "
-          f"| {step_s:.3f} | {row['images_per_s']:.1f} | {cores_busy:.2f} | {fmt(peak)} | {fmt(added)} "
-          f"| {fmt(row['step_bytes_per_image'])} | {fmt(row['xla_temp_bytes'])} |")
+          f"| {step_s:.3f} | {row['images_per_s']:.1f} | {cores_busy:.2f} | {faults_per_call:.0f} "
+          f"| {1e3 * system_s_per_call:.0f} | {fmt(peak)} | {fmt(added)} | {fmt(row['step_bytes_per_image'])} "
+          f"| {fmt(row['xla_temp_bytes'])} |")
     return [row]
 
 
