@@ -195,8 +195,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     t, m = config.training, config.model
     k = int(t.n_jitted_steps)
     mesh = training.make_mesh()
-    if t.batch_size % mesh.size:
-        raise ValueError(f"config.training.batch_size={t.batch_size} must be a multiple of the {mesh.size} devices")
+    training.check_batch_sizes(config, mesh, fields=("training.batch_size",))
     optimizer = training.make_optimizer(config.optim, t.n_iters)
     graphdef, state = training.init_train_state(config, optimizer)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -270,13 +269,12 @@ def main(argv):
     what = argv[1]
     from sde_lib import cli, trainer
 
+    repeats = _REPEATS.value or (7 if what == "sampler" else 10)
     with cli.exit_on_user_error():
         trainer.use_cpu_devices(_CPU_DEVICES.value)
-    repeats = _REPEATS.value or (7 if what == "sampler" else 10)
-    if what == "sampler":
-        rows = bench_sampler(_BATCH.value, _DIM.value, _HIDDEN.value, _STEPS.value, repeats)
-    else:
-        with cli.exit_on_user_error():
+        if what == "sampler":
+            rows = bench_sampler(_BATCH.value, _DIM.value, _HIDDEN.value, _STEPS.value, repeats)
+        else:
             rows = bench_train(_CONFIG.value, repeats, _WARMUP.value)
     out = _OUT.value or f"out/benchmark_{what}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

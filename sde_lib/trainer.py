@@ -278,9 +278,7 @@ def _prepare(config, workdir: str, mesh, *, force: bool, fork_from: str | None) 
     Raises ValueError / FileNotFoundError / :class:`RunConflict` / :class:`~sde_lib.checkpoint.CheckpointMismatch`.
     """
     t = config.training
-    for field, size in (("training.batch_size", t.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % mesh.size:
-            raise ValueError(f"config.{field}={size} must be a multiple of the {mesh.size} devices")
+    training.check_batch_sizes(config, mesh)
     tokenizer = conditioning.tokenizer_for(config)
     eval_split = "test" if config.eval.split == "test" else "train"
     needs_cond = t.objective == "classifier" or config.model.num_classes or config.model.context != "none"

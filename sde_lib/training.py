@@ -180,6 +180,15 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
+def check_batch_sizes(config, mesh: Mesh, fields=("training.batch_size", "eval.batch_size")) -> None:
+    """Raise ValueError unless each config ``field`` (a batch size) is a multiple of the mesh's devices."""
+    for field in fields:
+        group, name = field.split(".")
+        size = config[group][name]
+        if size % mesh.size:
+            raise ValueError(f"config.{field}={size} must be a multiple of the {mesh.size} devices")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
