@@ -26,14 +26,16 @@ UNET_NAMES = ("ncsnpp", "ddpmpp")
 MODEL_NAMES = ("mlp",) + UNET_NAMES + ("classifier", "autoencoder")
 
 
-def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs, *, vocab_size: int = 0,
+def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs, *, cross_attention: bool = False, vocab_size: int = 0,
               discriminator: bool = False) -> nnx.Module:
     """Build ``m.name`` (``m`` is ``config.model``) for examples of shape ``dims``.
 
     'mlp': :class:`MLP` on one example flattened to D = prod(dims) (e.g. 64 for 8x8 digits);
     'ncsnpp' and 'ddpmpp': :class:`UNet` on ``dims = (H, W, C)`` images with H = W. The two names are
     the same network, as in score_sde, whose DDPM++ configs also build ``ncsnpp``; with
-    ``m.context`` != 'none' it owns a token encoder over ``vocab_size`` tokens;
+    ``cross_attention`` its attention blocks attend to a context of width ``m.context_dim`` (or, with
+    ``m.context_pooled``, a pooled one joins the noise embedding), and with ``vocab_size`` > 0 it owns a
+    token encoder over that many tokens that makes the context from ``cond["tokens"]``;
     'classifier': the MLP with ``num_classes`` logits (a noise-conditional classifier);
     'autoencoder': :class:`AutoencoderKL` (``nf`` channels, ``ch_mult``, ``num_res_blocks``,
     ``z_channels``), with a patch discriminator when ``discriminator``.
@@ -62,7 +64,7 @@ def get_model(m, dims: tuple[int, ...], rngs: nnx.Rngs, *, vocab_size: int = 0,
                     resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
                     progressive_input=m.progressive_input, num_classes=m.num_classes,
                     concat_channels=m.concat_channels, remat=m.remat,
-                    context_dim=m.context_dim if m.context != "none" else 0, context_vocab=vocab_size,
+                    context_dim=m.context_dim if cross_attention else 0, context_vocab=vocab_size,
                     context_len=m.context_len, context_depth=m.context_depth, transformer_depth=m.transformer_depth,
                     num_heads=m.num_heads, context_pooled=m.context_pooled, rngs=rngs)
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {m.name!r}")

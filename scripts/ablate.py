@@ -6,7 +6,7 @@ Source: ``--mixture NAME|FILE.json`` (a built-in Gaussian mixture or ``{"means",
 under ``--sde``, or ``--workdir DIR`` (a training run's EMA network, newest checkpoint or ``--step``).
 Samplers: ``--samplers a,b,...`` (default every fixed-step sampler plus the adaptive ones); fixed-step
 samplers run at each ``--nfe`` budget, ``ode_adaptive`` / ``sde_adaptive`` once per ``--tolerances``
-value. Metrics and their definitions: ``sde_lib.ablation``; a trained image model (``--workdir`` of a
+value. Metrics and their definitions: ``sde_lib.evaluation.ablation``; a trained image model (``--workdir`` of a
 digits run) adds Fréchet distance, KID, precision and recall with their floors (``--n`` up to the test
 split's size, e.g. 360 for digits). Bad input ends with a one-line error.
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from sde_lib import ablation, cli, report
+from sde_lib import cli
+from sde_lib.evaluation import ablation, report
 
 
 def parser() -> argparse.ArgumentParser:

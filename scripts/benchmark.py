@@ -36,7 +36,10 @@ from ml_collections import config_flags
 
 import models
 import sde_lib
-from sde_lib import sampling
+from sde_lib import cli, sampling, training
+from sde_lib.data import Dataset
+from sde_lib.runs import trainer
+from sde_lib.runs.assemble import assemble
 from sde_lib.sdes import batch_broadcast
 
 
@@ -160,49 +163,38 @@ def _peak_memory(device, peak_reset: bool, baseline: int | None) -> tuple[str, i
     return kind, peak, None if peak is None or baseline is None else peak - baseline
 
 
-def _batch_and_objective(config, graphdef, k: int):
-    """A batch and the objective of ``config``'s train step, as the trainer builds them.
+def _batch(assembly, k: int):
+    """A batch of ``assembly``'s run, as the trainer builds it.
 
     Unconditional pixel models get uniform noise in the data range (the step's cost does not depend on
-    the values). Conditional or latent models get real training examples with their conditions (labels,
-    caption or layout tokens) and the trainer's objective (``trainer.run_objective``: null condition,
-    frozen first stage, perceptual features); the latent scale is 1 here, which does not change the cost.
+    the values); conditional or latent models get real training examples with their encoded conditions.
     """
-    from sde_lib import conditioning, latent, trainer
-    from sde_lib.data import Dataset, data_dims
-
-    t, m = config.training, config.model
-    conditional = t.objective != "score" or m.num_classes or m.context != "none"
-    if not conditional and not config.first_stage.workdir:
-        shape = ((k,) if k > 1 else ()) + (t.batch_size, *data_dims(config.data))
+    config = assembly.config
+    t = config.training
+    if assembly.kind is None and not config.first_stage.workdir:
+        shape = ((k,) if k > 1 else ()) + (t.batch_size, *assembly.dims)
         low = -1.0 if config.data.centered else 0.0
-        return jax.random.uniform(jax.random.PRNGKey(0), shape, minval=low, maxval=1.0), None
-    tokenizer = conditioning.tokenizer_for(config)
-    cond = conditioning.condition_arrays(config, "train", tokenizer) if conditional else None
-    ds = Dataset(config.data, "train", t.batch_size, config.seed, cond=cond)
-    batch = next(ds.iterate(0, steps_per_call=k))
-    stage = latent.load_first_stage(config) if config.first_stage.workdir else None  # scale 1 until computed
-    return batch, trainer.run_objective(config, graphdef, tokenizer, stage)
+        return jax.random.uniform(jax.random.PRNGKey(0), shape, minval=low, maxval=1.0)
+    ds = Dataset(config.data, "train", t.batch_size, config.seed, cond=assembly.condition_arrays("train"))
+    return next(ds.iterate(0, steps_per_call=k))
 
 
 def bench_train(config, repeats: int, warmup: int) -> list[dict]:
-    """Time ``config``'s train step as the trainer builds it (``training.n_jitted_steps`` updates per call)."""
-    from sde_lib import training
-    from sde_lib.config import validate_config
-    from sde_lib.data import data_dims
-
-    config = validate_config(config)
+    """Time ``config``'s train step as the trainer builds it (``training.n_jitted_steps`` updates per call):
+    the run's assembly (condition encoder, first stage with its latent scale, objective with the null
+    condition and perceptual features), as ``sde_lib.runs.assemble`` makes it for the trainer."""
+    assembly = assemble(config)
+    config = assembly.config
     t, m = config.training, config.model
     k = int(t.n_jitted_steps)
     mesh = training.make_mesh()
     training.check_batch_sizes(config, mesh, fields=("training.batch_size",))
     optimizer = training.make_optimizer(config.optim, t.n_iters)
-    graphdef, state = training.init_train_state(config, optimizer)
+    _, state = assembly.init_state(optimizer)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = jax.device_put(state, training.replicated(mesh))
-    batch, objective = _batch_and_objective(config, graphdef, k)
-    batch = jax.device_put(batch, training.batch_sharding(mesh, stacked=k > 1))
-    step = training.make_train_step(config, graphdef, optimizer, mesh, objective)
+    batch = jax.device_put(_batch(assembly, k), training.batch_sharding(mesh, stacked=k > 1))
+    step = training.make_train_step(config, optimizer, mesh, assembly.objective())
     baseline = _resident_bytes("VmRSS")  # the process before the step exists: Python, JAX, state, batch
 
     start = time.perf_counter()
@@ -238,8 +230,8 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
     mib = 2.0**20
     row = {"model": m.name, "nf": m.nf, "ch_mult": list(m.ch_mult), "num_res_blocks": m.num_res_blocks,
            "attn_resolutions": list(m.attn_resolutions), "dropout": m.dropout, "params": n_params,
-           "context": m.context, "first_stage": config.first_stage.workdir or None,
-           "data": list(data_dims(config.data)), "batch": t.batch_size, "n_jitted_steps": k,
+           "condition": config.condition.kind, "first_stage": config.first_stage.workdir or None,
+           "data": list(assembly.dims), "batch": t.batch_size, "n_jitted_steps": k,
            "compute_dtype": t.compute_dtype, "remat": bool(m.remat), "devices": len(mesh.devices.flat),
            "cores_busy": cores_busy, "page_faults_per_call": faults_per_call, "system_s_per_call": system_s_per_call,
            "compile_s": compile_s, "step_s": step_s, "step_s_all": times, "images_per_s": images / step_s,
@@ -249,7 +241,7 @@ def bench_train(config, repeats: int, warmup: int) -> list[dict]:
            "xla_donated_bytes": buffers and buffers.alias_size_in_bytes,
            "final_loss": float(metrics["loss"][-1])}
     print(f"{m.name} nf={m.nf} ch_mult={tuple(m.ch_mult)} res_blocks={m.num_res_blocks} attn={tuple(m.attn_resolutions)} "
-          f"{'x'.join(map(str, data_dims(config.data)))} {n_params / 1e6:.2f}M params, {row['devices']} "
+          f"{'x'.join(map(str, assembly.dims))} {n_params / 1e6:.2f}M params, {row['devices']} "
           f"{jax.default_backend()} device(s); memory: {memory_kind}")
     print("| batch | devices | updates/call | dtype | remat | compile (s) | step (s) | images/s | cores busy "
           "| page faults/call | kernel ms/call | peak (MiB) | step's (MiB) | per image (MiB) "
@@ -267,8 +259,6 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in ("sampler", "train"):
         raise app.UsageError("usage: benchmark.py {sampler,train} [flags]; see --help")
     what = argv[1]
-    from sde_lib import cli, trainer
-
     repeats = _REPEATS.value or (7 if what == "sampler" else 10)
     with cli.exit_on_user_error():
         trainer.use_cpu_devices(_CPU_DEVICES.value)
@@ -287,6 +277,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from sde_lib.cli import absl_flags_parser
-
-    app.run(main, flags_parser=absl_flags_parser)
+    app.run(main, flags_parser=cli.absl_flags_parser)

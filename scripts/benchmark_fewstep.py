@@ -7,7 +7,7 @@
 
 Source: ``--mixture`` (a Gaussian-mixture oracle under ``--sde``) or ``--workdir`` (a trained run, read only).
 Every entry starts from the same ``--n`` prior draws; metrics and the calibration protocol are those of
-``sde_lib.sampling.study``. ``--official PATH`` loads ``dpm_solver_jax.py`` of LuChengTHU/dpm-solver from
+``sde_lib.evaluation.study``. ``--official PATH`` loads ``dpm_solver_jax.py`` of LuChengTHU/dpm-solver from
 PATH (it is not part of this project) and runs its configurations on the same draws: noise / data
 prediction x multistep / singlestep ("DPM-Solver-fast") x orders 1-3 x its logSNR / time_uniform /
 time_quadratic grids, with the exact score wrapped as the noise model -sigma_t * score. VP uses its
@@ -26,8 +26,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from sde_lib import ablation, cli, report
-from sde_lib.sampling import study
+from sde_lib import cli
+from sde_lib.evaluation import ablation, report, study
 
 SAMPLERS = ("ddim;dpm_solver_2;dpm_solver_3;dpm_solver_2m;dpm_solver_3m;dpm_solver_pp_2m;dpm_solver_pp_3m;"
             "unipc;unipc:prediction=noise;unipc:variant=bh1;unipc:variant=bh1,prediction=noise;"

@@ -3,7 +3,7 @@
 Mode ``metrics`` (also spelled ``--metrics``): sample-quality metrics (Fréchet distance, KID,
 precision / recall in a cached classifier's feature space, sliced Wasserstein, memorisation; each with
 its real-vs-real floor) and test bits/dim of one or all checkpoints of a training run, as a table and
-a plot against training step (``sde_lib.evaluation``); default ``--out`` out/eval_metrics/<run>:
+a plot against training step (``sde_lib.evaluation.checkpoints``); default ``--out`` out/eval_metrics/<run>:
 
     .venv/bin/python scripts/evaluate.py --metrics --workdir runs/quickstart [--checkpoints 1000,2500] \
         [--sampler dpm_solver_pp_3m --steps 20] [--num 360] [--no_bpd] [--out DIR]
@@ -36,7 +36,8 @@ import time
 import jax
 import numpy as np
 
-from sde_lib import cli, report
+from sde_lib import cli
+from sde_lib.evaluation import report
 from sde_lib import likelihood as L
 from sde_lib.data.scaling import quantize
 from sde_lib.oracle import builtin_mixture
@@ -155,7 +156,7 @@ def likelihood(a):
 
 
 def metrics(a):
-    from sde_lib import evaluation
+    from sde_lib.evaluation import checkpoints as evaluation
     from sde_lib.runs import checkpoint_steps
 
     if not os.path.isdir(a.workdir):

@@ -4,7 +4,7 @@
         [--guidance 1,1.5,3,5] [--samplers dpm_solver_pp_3m,unipc] [--steps 20] [--prompts 40] \
         [--per_prompt 5] [--out out/canvas]
 
-A workdir may name a checkpoint: ``DIR@STEP`` (default: the newest). Columns (``sde_lib.canvas_eval``):
+A workdir may name a checkpoint: ``DIR@STEP`` (default: the newest). Columns (``sde_lib.evaluation.canvas``):
 adherence on seen prompts, binding (order-swapped prompts) and composition (held-out combinations), FD / KID in the slot evaluator's features, NFE and seconds per
 sample; the evaluator's ceiling on real canvases (and on autoencoder reconstructions, PSNR) heads the
 table. The guidance sweep and extra samplers apply to the first run. Writes canvas.{md,csv,json} and
@@ -19,7 +19,9 @@ import os
 import jax
 import numpy as np
 
-from sde_lib import canvas_eval, cli, logging_utils, report
+from sde_lib import cli, figures
+from sde_lib.evaluation import canvas as canvas_eval
+from sde_lib.evaluation import report
 from sde_lib.data import to_uint8
 
 
@@ -63,7 +65,7 @@ def main(argv=None) -> None:
                                    **canvas_eval.autoencoder_quality(stage, name, evaluator)}
         rows, grids = [], []
         for i, run in enumerate(runs):
-            conditional = run.config.model.context != "none"
+            conditional = run.kind is not None
             if i == 0 and conditional:
                 scales = cli.comma_list(a.guidance, float, "--guidance")
             else:
@@ -79,7 +81,7 @@ def main(argv=None) -> None:
             grids.append(_grid(run, a.seed))
         md = _markdown(rows, meta)
         paths = report.write_report(a.out, "canvas", rows, md, meta=meta, overwrite=a.overwrite,
-                                    plot=lambda path: logging_utils.save_png(path, _stack(grids)))
+                                    plot=lambda path: figures.save_png(path, _stack(grids)))
     print(md)
     print("wrote " + ", ".join(paths.values()))
 
@@ -99,10 +101,9 @@ def _name(run) -> str:
 
 
 def _conditioning(run) -> str:
-    m = run.config.model
-    if m.context == "none":
+    if run.kind is None:
         return "none"
-    return f"{m.context} (pooled)" if m.context_pooled else f"{m.context} (cross-attention)"
+    return f"{run.kind.name} (pooled)" if run.config.model.context_pooled else f"{run.kind.name} (cross-attention)"
 
 
 PROMPTS = ("a 3 left of a 7", "a 7 left of a 3", "a 2 above a 5", "an 8 at the top right")
@@ -114,15 +115,15 @@ def _grid(run, seed: int):
     rows, labels = [], []
     for prompt in PROMPTS:
         kw = {}
-        if run.config.model.context == "caption":
-            kw = {"prompt": prompt, "guidance": 3.0}
-        elif run.config.model.context == "layout":
-            kw = {"layout": _layout_of(prompt, run), "guidance": 3.0}
+        if run.kind is not None and run.kind.name == "caption":
+            kw = {"condition": prompt, "guidance": 3.0}
+        elif run.kind is not None and run.kind.name == "layout":
+            kw = {"condition": _layout_of(prompt, run), "guidance": 3.0}
         x, _ = run.sample(jax.random.PRNGKey(seed), 6, "dpm_solver_pp_3m", 20, **kw)
         rows.append(to_uint8(np.asarray(x), d.levels, d.centered))
         labels.append(prompt if kw else f"(unconditional) {prompt}")
     title = f"{_name(run)}: {_conditioning(run)}, dpm_solver_pp_3m 20 steps"
-    return logging_utils.labelled_rows(rows, labels, title, cell=48)
+    return figures.labelled_rows(rows, labels, title, cell=48)
 
 
 def _layout_of(prompt: str, run) -> np.ndarray:

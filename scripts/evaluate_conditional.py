@@ -5,7 +5,7 @@
         [--steps 20] [--per_class 36] [--inpaint_workdir runs/quickstart] [--inpaint_nfe 20,50,100] \
         [--methods replace,repaint,dps] [--inpaint_n 200] [--bpd_num 360] [--out out/conditional]
 
-Three parts (``sde_lib.conditional_eval``), each skipped by giving it nothing to do (``--guidance ''``,
+Three parts (``sde_lib.evaluation.conditional``), each skipped by giving it nothing to do (``--guidance ''``,
 ``--inpaint_nfe ''``, ``--bpd_num 0``):
 
 * guidance: ``--per_class`` samples of every class per sampler and scale, classifier-free (scale s:
@@ -29,7 +29,9 @@ import os
 
 import numpy as np
 
-from sde_lib import cli, conditional_eval, logging_utils, report
+from sde_lib import cli, figures
+from sde_lib.evaluation import conditional as conditional_eval
+from sde_lib.evaluation import report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,7 +100,7 @@ def main(argv=None) -> None:
 
         def plot(path) -> list[str]:
             written = [path]
-            logging_utils.save_png(path, _guidance_grid(run, scales or [1.0], a.samplers.split(",")[0], a.steps,
+            figures.save_png(path, _guidance_grid(run, scales or [1.0], a.samplers.split(",")[0], a.steps,
                                                          a.seed))
             for kind in conditional_eval.MASKS if nfes else ():
                 steps = max(nfes)
@@ -107,7 +109,7 @@ def main(argv=None) -> None:
                 labels = [f"test {i}: observed | 4 completions | truth" for i in range(len(rows_))]
                 title = f"inpainting, mask {kind}, {'repaint' if 'repaint' in methods else methods[0]}"
                 written.append(os.path.join(os.path.dirname(path), f"inpainting_{kind}.png"))
-                logging_utils.save_png(written[-1], logging_utils.labelled_rows(rows_, labels, title, cell=48))
+                figures.save_png(written[-1], figures.labelled_rows(rows_, labels, title, cell=48))
             return written
 
         paths = list(report.write_report(a.out, "conditional", rows, md, meta=meta, overwrite=a.overwrite).values())
@@ -132,7 +134,7 @@ def _guidance_grid(run, scales, sampler: str, steps: int, seed: int):
     labels = [f"class {label}" for label in range(run.num_classes)]
     title = (f"{os.path.basename(os.path.normpath(run.workdir))}, {sampler} {steps} steps; 4 samples at "
              f"guidance {', '.join(f'{w:g}' for w in shown)}")
-    return logging_utils.labelled_rows(rows, labels, title, cell=48)
+    return figures.labelled_rows(rows, labels, title, cell=48)
 
 
 def _markdown(rows, meta) -> str:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sde_lib
-from sde_lib import cli, guidance, report
+from sde_lib import cli, guidance
+from sde_lib.evaluation import report
 from sde_lib.metrics.distances import random_directions, sliced_wasserstein_projected
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 

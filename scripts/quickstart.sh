@@ -20,13 +20,15 @@ python scripts/sample.py --workdir="$WORKDIR" --sampler=dpm_solver_pp_3m --steps
 python - "$WORKDIR" "$start" "$train_end" <<'PY'
 import json, os, sys, time
 
-from sde_lib import load_run, logging_utils
+from sde_lib import load_run
+from sde_lib.runs import RunFolder
 
 workdir, start, train_end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 bpd = load_run(workdir).bpd()
 samples = [json.load(open(os.path.join(workdir, "quickstart", f"{name}.json"))) for name in ("ode_tsit5", "dpm_solver_pp_3m")]
-losses = [r for r in logging_utils.read_metrics(workdir) if "loss" in r]
-evals = [r for r in logging_utils.read_metrics(workdir) if "eval_loss" in r]
+metrics = RunFolder(workdir).read_metrics()
+losses = [r for r in metrics if "loss" in r]
+evals = [r for r in metrics if "eval_loss" in r]
 trained = f"- trained {bpd['step']} steps in {train_end - start} s (wall, including set-up and compilation)"
 trained += f"; final training loss {losses[-1]['loss']:.4f}" if losses else ""
 trained += f", held-out loss {evals[-1]['eval_loss']:.4f}" if evals else ""

@@ -4,7 +4,7 @@
         [--config.training.n_iters=2000] [--keep=5]
 
 Resuming compares the config with the run's config.json: only lengths, frequencies, sampling and
-evaluation settings may change (sde_lib.trainer.RESUMABLE); --force resumes with other changes
+evaluation settings may change (sde_lib.runs.trainer.RESUMABLE); --force resumes with other changes
 anyway, --fork_from=OTHER_RUN starts a new run in --workdir from OTHER_RUN's newest checkpoint.
 
 CPU-only machine: --cpu_devices=N (e.g. the number of cores) trains data-parallel over N host devices,
@@ -36,7 +36,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
-    from sde_lib import cli, trainer  # after flag parsing: jax.distributed must initialise before other JAX use
+    from sde_lib import cli  # after flag parsing: jax.distributed must initialise before other JAX use
+
+    from sde_lib.runs import trainer
 
     with cli.exit_on_user_error():
         trainer.use_cpu_devices(_CPU_DEVICES.value)

@@ -1,7 +1,18 @@
 """Continuous-time score-based generative modelling in JAX: SDEs, oracle, objectives, samplers, likelihood,
-guidance and inpainting.
+guidance and inpainting; training runs and their evaluation.
 
-``load_run(workdir)`` (``sde_lib.runs``) opens a trained run for sampling and likelihoods.
+The package is layered (checked by import contracts in ``pyproject.toml``), top to bottom:
+
+* ``cli``: what the command-line scripts share;
+* ``evaluation``: ablations, metrics over checkpoints, conditional and canvas evaluation, reports;
+* ``runs``: a run folder's owner, checkpoints, the assembly of a config into a run, the trainer, ``load_run``;
+* ``config``: the config schema and its validation;
+* ``objectives``, then ``training``: what a run optimises; the network, train state and step;
+* ``guidance``, ``likelihood``, ``conditioning``, ``latent``, ``figures``, ``metrics``;
+* ``sampling``, ``data``;
+* core maths: ``sdes``, ``parameterization``, ``losses``, ``oracle``, ``step_control``; and ``errors``.
+
+``load_run(workdir)`` opens a trained run for sampling and likelihoods.
 """
 
 from sde_lib import guidance, likelihood, oracle, sampling

@@ -15,6 +15,11 @@ import difflib
 import os
 import runpy
 import sys
+import warnings
+
+from absl import flags
+
+from sde_lib.errors import USER_ERRORS
 
 
 def _config_paths(config, prefix: str = "") -> list[str]:
@@ -42,7 +47,8 @@ def _diagnose(argv: list[str], flag: str = "config") -> str | None:
     for arg in argv:
         if arg.startswith(f"--{flag}."):
             field = arg[len(flag) + 3:].split("=", 1)[0]
-            if field not in known and not any(field.startswith(g + ".") for g in ("sampling.options",)):
+            if field not in known and not any(field.startswith(g + ".") for g in ("sampling.options",
+                                                                                 "condition.options")):
                 close = difflib.get_close_matches(field, known, n=3, cutoff=0.6)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
                 return f"--{flag}.{field}: config.{field} is not a known field{hint}"
@@ -51,8 +57,6 @@ def _diagnose(argv: list[str], flag: str = "config") -> str | None:
 
 def absl_flags_parser(argv: list[str]):
     """absl's flag parsing, with one-line errors (``app.run(main, flags_parser=absl_flags_parser)``)."""
-    from absl import flags
-
     try:
         rest = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
@@ -69,14 +73,10 @@ def absl_flags_parser(argv: list[str]):
 @contextlib.contextmanager
 def exit_on_user_error():
     """Turn the errors a user's input can cause into ``error: <one line>`` and exit status 1."""
-    import warnings
-
-    from sde_lib.trainer import NonFiniteLossError
-
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
+    except USER_ERRORS as err:
         sys.exit(f"error: {err}")
 
 

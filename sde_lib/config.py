@@ -1,4 +1,4 @@
-"""Experiment configs: the schema with its defaults, one-shot validation, and the SDE a config names.
+"""Experiment configs: the schema with its defaults, and one-shot validation.
 
 The schema is :func:`default_config` (score_sde's groups and field names; score_sde-like values). Every
 file in ``configs/`` starts from it and overrides values, never adds names: :func:`validate_config`
@@ -7,11 +7,13 @@ with one line naming the field (``config.optim.lr must be > 0, got -1.0``).
 
 Every list of names a field may take lives with what it names (SDEs in ``sdes``, weightings in
 ``losses``, parameterisations in ``parameterization``, networks and embeddings in ``models``, data sets
-in ``data``, schedules and optimisers in ``training``, samplers and their options in the sampler
-registry); the validation here reads those lists. ``sampling.options`` holds the sampler's own options
-(e.g. ``{"eta": 0.5}`` for ddim, ``{"snr": 0.16, "n_steps": 1}`` for pc), validated against the
-registry, so a run's samples are fully described by its config. For vector data
-(``data.dataset='toy'``) ``data.num_channels`` is the dimension D and ``image_size`` is unused.
+in ``data``, schedules and optimisers in ``training``, objectives in ``objectives``, samplers and their
+options in the sampler registry, condition kinds in the condition-kind registry); the validation here
+reads those lists and registries, all of which live below this module. ``sampling.options`` holds the
+sampler's own options (e.g. ``{"eta": 0.5}`` for ddim, ``{"snr": 0.16, "n_steps": 1}`` for pc),
+validated against the registry, so a run's samples are fully described by its config;
+``condition.options`` holds the condition kind's own (e.g. ``{"factor": 2}`` for ``image``). For vector
+data (``data.dataset='toy'``) ``data.num_channels`` is the dimension D and ``image_size`` is unused.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from sde_lib.sdes import SDE, SDES, VPSDE, sde_class
+import models
+from models.layers import EMBEDDING_TYPES
+from models.unet import PROGRESSIVE_INPUT, RESBLOCK_TYPES
+from sde_lib import conditioning, sampling
+from sde_lib.data import SPLITS, parse, toy
+from sde_lib.losses import WEIGHTINGS
+from sde_lib.objectives import OBJECTIVES
+from sde_lib.parameterization import PARAMETERIZATIONS
+from sde_lib.sdes import SDES
+from sde_lib.training import OPTIMIZERS, SCHEDULES
 
 FLOAT_TUPLES = ("model.input_fourier",)  # tuple fields of numbers; every other tuple field holds ints
-FREE_GROUPS = ("sampling.options",)  # groups whose keys the sampler registry validates, not the schema
+FREE_GROUPS = ("sampling.options", "condition.options")  # validated by their registries, not the schema
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,7 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.n_jitted_steps = 1
     t.snapshot_sampling = True
     t.eps = 1e-5  # smallest training time
-    t.cond_drop_prob = 0.1  # conditional models: share of examples trained on the null condition (CFG)
+    t.cond_drop_prob = 0.1  # conditional runs: share of examples trained on the null condition (CFG)
     t.compute_dtype = "float32"  # "bfloat16": mixed precision (bf16 compute; float32 parameters, optimiser, loss)
     t.rec_loss = "l1"  # autoencoder: reconstruction loss, l1 | l2 (summed over pixels)
     t.kl_weight = 1e-6  # autoencoder: weight of KL(q(z | x) || N(0, I))
@@ -105,18 +116,22 @@ def default_config() -> ml_collections.ConfigDict:
     m.n_layers = 3
     m.input_fourier = ()  # MLP: angular frequencies of sin/cos input features (VDM); () for none
     m.embed_dim = 0  # MLP: width of the noise embedding; 0 = hidden
-    m.num_classes = 0  # > 0: class-conditional (cond["label"]); index num_classes is the null class
-    m.concat_channels = 0  # > 0: cond["concat"] channels concatenated to the input
+    m.num_classes = 0  # label runs: classes of the class embedding (index num_classes is the null class); classifiers
+    m.concat_channels = 0  # > 0: cond["concat"] channels concatenated to the input (condition kinds feeding concat)
     m.remat = False  # U-Net: recompute each level's activations in the backward pass (nnx.remat)
-    m.context = "none"  # none | caption | layout: cross-attention conditioning on token sequences
     m.context_pooled = False  # baseline: the mean token embedding added to the noise embedding, no cross-attention
-    m.context_dim = 64  # width of the token encoder and of the context
+    m.context_dim = 64  # width of the token encoder and of the context (condition kinds feeding tokens)
     m.context_len = 12  # tokens per condition (captions: words + 1)
     m.context_depth = 2  # self-attention blocks of the token encoder
     m.transformer_depth = 1  # transformer blocks of each SpatialTransformer (at model.attn_resolutions)
     m.num_heads = 4  # attention heads of the SpatialTransformers and the token encoder
     m.z_channels = 4  # autoencoder: latent channels
     m.mid_attention = False  # autoencoder: self-attention in the middle blocks
+
+    c.condition = cd = ml_collections.ConfigDict()  # what the run is conditioned on (sde_lib.conditioning)
+    cd.kind = "none"  # none | label | caption | layout | image | a kind registered by condition.plugin
+    cd.plugin = ""  # a Python file or module registering condition kinds of your own (recorded with the run)
+    cd.options = ml_collections.ConfigDict()  # the kind's own options, e.g. {"factor": 2} for image
 
     c.first_stage = f = ml_collections.ConfigDict()  # latent diffusion: the frozen autoencoder run
     f.workdir = ""  # an autoencoder run directory; "" = diffusion in data space
@@ -224,8 +239,6 @@ def _unet_checks(cfg):
     factor = 2 ** (len(m.ch_mult) - 1)
     if cfg.data.image_size % factor and not cfg.first_stage.workdir:  # a latent run's U-Net sees the latents
         _fail("data.image_size", f"must be divisible by 2**(len(model.ch_mult)-1) = {factor}, got {cfg.data.image_size}")
-    from models.unet import PROGRESSIVE_INPUT, RESBLOCK_TYPES
-
     _one_of(cfg, "model.resblock_type", RESBLOCK_TYPES)
     _one_of(cfg, "model.progressive_input", PROGRESSIVE_INPUT)
 
@@ -234,16 +247,9 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     """Check ``config`` once after parsing; return it unchanged or raise one ValueError naming the field.
 
     ``samplers``: the allowed ``sampling.sampler`` names; None reads ``sde_lib.sampling.available_samplers()``.
-    The data fields are checked by the data pipeline's own parser (``sde_lib.data.parse``).
+    The data fields are checked by the data pipeline's own parser (``sde_lib.data.parse``), the condition
+    by its kind (``condition.plugin`` is imported first, so that a kind of the user's own exists).
     """
-    import models
-    from models.layers import EMBEDDING_TYPES
-    from sde_lib import sampling
-    from sde_lib.data import SPLITS, parse, toy
-    from sde_lib.losses import WEIGHTINGS
-    from sde_lib.parameterization import PARAMETERIZATIONS
-    from sde_lib.training import OPTIMIZERS, SCHEDULES
-
     _check_names(config, default_config(), "")
     s, d, m = config.sampling, config.data, config.model
 
@@ -291,8 +297,7 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
     _in_range(config, "training.cond_drop_prob", 0.0, 1.0)
     _one_of(config, "training.compute_dtype", ("float32", "bfloat16"))
     _check_objective(config)
-    if m.num_classes and m.name in models.UNET_NAMES and not m.conditional:
-        _fail("model.num_classes", "needs model.conditional=True (the label joins the noise embedding)")
+    _check_condition(config)
     if any(not (math.isfinite(w) and w > 0) for w in m.input_fourier):
         _fail("model.input_fourier", f"must hold positive angular frequencies, got {m.input_fourier!r}")
     if m.input_fourier and m.name != "mlp":
@@ -321,15 +326,12 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
 
 
 def _check_objective(config):
-    """The objective, the network and the conditioning fields fit together."""
-    from sde_lib.objectives import OBJECTIVES
-
+    """The objective and the network fit together."""
     t, m = config.training, config.model
     _one_of(config, "training.objective", OBJECTIVES)
     _one_of(config, "training.rec_loss", ("l1", "l2"))
     for f in ("kl_weight", "perceptual_weight", "disc_weight", "disc_start"):
         _positive(config, "training." + f, allow_zero=True)
-    _one_of(config, "model.context", ("none", "caption", "layout"))
     for f in ("context_dim", "context_len", "context_depth", "transformer_depth", "num_heads", "z_channels"):
         _positive(config, "model." + f)
     wants = {"classifier": "classifier", "autoencoder": "autoencoder"}.get(t.objective)
@@ -337,25 +339,35 @@ def _check_objective(config):
         _fail("model.name", f"must be {wants!r} for training.objective={t.objective!r}, got {m.name!r}")
     if not wants and m.name in ("classifier", "autoencoder"):
         _fail("training.objective", f"must be {m.name!r} for model.name={m.name!r}, got {t.objective!r}")
-    if t.objective == "classifier" and m.num_classes < 2:
-        _fail("model.num_classes", f"must be >= 2 for a classifier, got {m.num_classes}")
-    if m.context != "none":
-        if m.name not in ("ncsnpp", "ddpmpp"):
-            _fail("model.context", f"needs a U-Net (model.name ncsnpp or ddpmpp), got {m.name!r}")
-        if not config.data.dataset.startswith("canvas"):
-            _fail("model.context", f"needs captions or layouts: a canvas data set, got {config.data.dataset!r}")
-        if m.num_classes:
-            _fail("model.num_classes", "and model.context cannot both condition one network")
-        if m.context_dim % m.num_heads:
-            _fail("model.context_dim", f"must be divisible by model.num_heads={m.num_heads}, got {m.context_dim}")
     if config.first_stage.workdir and t.objective != "score":
         _fail("first_stage.workdir", f"applies to score runs, not training.objective={t.objective!r}")
 
 
-def get_sde(config) -> SDE:
-    """The forward SDE of ``config.training.sde`` with ``config.model``'s beta / sigma range and N = num_scales."""
-    name, m = config.training.sde, config.model
-    cls = sde_class(name)
-    if issubclass(cls, VPSDE):  # VP and sub-VP
-        return cls(m.beta_min, m.beta_max, N=m.num_scales)
-    return cls(m.sigma_min, m.sigma_max, N=m.num_scales)
+def _check_condition(config):
+    """The condition kind exists and takes this config; the network's conditional inputs are the kind's."""
+    t, m, c = config.training, config.model, config.condition
+    conditioning.load_plugin(c.plugin)
+    kind = conditioning.kind_of(config)  # raises for an unknown kind
+    unknown = sorted(set(c.options.keys()) - set(kind.options if kind else ()))
+    if unknown:
+        _fail(f"condition.options.{unknown[0]}", f"is not an option of condition.kind={c.kind!r} "
+                                                 f"(its options: {', '.join(kind.options) if kind else 'none'})")
+    feeds = kind.network_input if kind else None
+    if t.objective == "classifier":
+        if feeds != "label":
+            _fail("condition.kind", f"must be a label kind for training.objective='classifier' (its targets), "
+                                    f"got {c.kind!r}")
+        if m.num_classes < 2:
+            _fail("model.num_classes", f"must be >= 2 for a classifier, got {m.num_classes}")
+    elif t.objective == "autoencoder" and kind is not None:
+        _fail("condition.kind", f"must be 'none' for training.objective='autoencoder', got {c.kind!r}")
+    elif m.num_classes and feeds != "label":
+        _fail("model.num_classes", f"is the class embedding of a label condition; condition.kind={c.kind!r} does not "
+                                   f"feed labels (set condition.kind='label', or model.num_classes=0)")
+    if m.concat_channels and feeds != "concat":
+        _fail("model.concat_channels", f"needs a condition kind feeding channels (e.g. condition.kind='image'), got "
+                                       f"condition.kind={c.kind!r}")
+    if m.context_pooled and feeds not in ("tokens", "context"):
+        _fail("model.context_pooled", f"pools a caption or layout; condition.kind={c.kind!r} feeds no tokens")
+    if kind is not None:
+        kind.validate(config)

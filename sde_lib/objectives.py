@@ -1,7 +1,8 @@
 """What a training run optimises (``config.training.objective``), as per-example losses of a batch.
 
-A batch is ``{"x": (B, *dims), ...condition arrays}`` (``sde_lib.data.Dataset``); the conditions a run
-feeds its network (``"label"``, ``"tokens"``) ride along. Every objective exposes
+A batch is ``{"x": (B, *dims), ...condition arrays}`` (``sde_lib.data.Dataset``): every other key is a
+network input of the run's condition kind (``"label"``, ``"tokens"``, ``"concat"``, ...; see
+``sde_lib.conditioning``), passed to the network as its ``cond``. Every objective exposes
 
     loss(params, batch, key, step, *, dtype) -> (mean loss, metrics)      # training (dropout on)
     eval_losses(params, batch, key) -> (B,)                                # held-out, deterministic
@@ -30,12 +31,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
+from sde_lib import losses
+from sde_lib.latent import FirstStage
 from sde_lib.parameterization import noise_conditioning
-from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
+from sde_lib.sdes import SDE, batch_broadcast, get_sde, per_sample_keys
+from sde_lib.training import Network
 
 OBJECTIVES = ("score", "classifier", "autoencoder")
-COND_KEYS = ("label", "tokens")
 
 
 def _cast(params, dtype):
@@ -46,7 +50,7 @@ def split_batch(batch):
     """``(x, cond or None)`` of a batch dict (or a bare array)."""
     if not isinstance(batch, dict):
         return batch, None
-    cond = {k: v for k, v in batch.items() if k in COND_KEYS}
+    cond = {k: v for k, v in batch.items() if k != "x"}
     return batch["x"], cond or None
 
 
@@ -60,37 +64,18 @@ def drop_conditions(cond, null, prob: float, key):
 
 
 @dataclasses.dataclass(frozen=True)
-class FirstStage:
-    """A frozen autoencoder feeding a latent run: ``encode(x, key) -> scaled latents``.
-
-    ``apply`` is ``(params, x) -> (mean, logvar)``; latents are ``scale * (mean + std eps)`` (``sample``)
-    or ``scale * mean``.
-    """
-
-    params: Any
-    encode_fn: Callable
-    scale: float
-    sample: bool
-
-    def encode(self, x, key):
-        mean, logvar = self.encode_fn(self.params, x)
-        if self.sample:
-            mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
-        return self.scale * mean
-
-
-@dataclasses.dataclass(frozen=True)
 class ScoreObjective:
     network: Callable  # (params) -> callable model(x, c_noise, cond=None, *, train, key)
     per_example: Callable  # losses.get_loss_fn(..., per_example=True)
     null_cond: Any = None
     drop_prob: float = 0.0
     first_stage: FirstStage | None = None
+    sample_latents: bool = True  # encode to posterior samples (True) or posterior means
 
     def _inputs(self, batch, key, train: bool):
         x, cond = split_batch(batch)
         if self.first_stage is not None:
-            x = self.first_stage.encode(x, jax.random.fold_in(key, 3))
+            x = self.first_stage.encode(x, jax.random.fold_in(key, 3) if self.sample_latents else None)
         if train:
             cond = drop_conditions(cond, self.null_cond, self.drop_prob, jax.random.fold_in(key, 2))
         return x, cond
@@ -193,27 +178,29 @@ class AutoencoderObjective:
         return self._parts(params, batch, None, jnp.float32)[3]
 
 
+def loss_fn(config, per_example: bool = False):
+    """``loss(model_fn, key, x0)`` of ``config.training`` / ``config.model`` (see :mod:`sde_lib.losses`)."""
+    t, m = config.training, config.model
+    return losses.get_loss_fn(get_sde(config), continuous=t.continuous, weighting=t.weighting,
+                              reduce_mean=t.reduce_mean, parameterization=m.parameterization, eps=t.eps,
+                              sigma_data=m.sigma_data, per_example=per_example)
+
+
 def make(config, graphdef, *, null_cond=None, first_stage: FirstStage | None = None, perceptual=None):
     """The objective of ``config.training.objective`` for the network ``graphdef``.
 
     ``null_cond``: the null condition of a conditional score run (condition dropout); ``first_stage``:
     the frozen autoencoder of a latent run; ``perceptual``: feature function of the autoencoder loss.
     """
-    from sde_lib.config import get_sde
-    from sde_lib.training import Network, loss_fn
-
     t, m = config.training, config.model
     network = lambda params: Network(graphdef, params)  # noqa: E731
-    kind = t.get("objective", "score")
-    if kind == "score":
+    if t.objective == "score":
         return ScoreObjective(network, loss_fn(config, per_example=True), null_cond, float(t.cond_drop_prob),
-                              first_stage)
-    if kind == "classifier":
+                              first_stage, bool(config.first_stage.sample_latents))
+    if t.objective == "classifier":
         return ClassifierObjective(network, get_sde(config), m.parameterization, float(t.eps))
-    if kind == "autoencoder":
-        from flax import nnx
-
+    if t.objective == "autoencoder":
         return AutoencoderObjective(lambda params: nnx.merge(graphdef, params), t.rec_loss, float(t.kl_weight),
                                     perceptual, float(t.perceptual_weight),
                                     float(t.disc_weight), int(t.disc_start))
-    raise ValueError(f"config.training.objective must be one of {OBJECTIVES}, got {kind!r}")
+    raise ValueError(f"config.training.objective must be one of {OBJECTIVES}, got {t.objective!r}")

@@ -332,3 +332,12 @@ def sde_class(name: str) -> type[SDE]:
     if key not in SDES:
         raise ValueError(f"unknown SDE {name!r}; choose from {', '.join(SDES)} (or vp, subvp, ve)")
     return SDES[key]
+
+
+def get_sde(config) -> SDE:
+    """The forward SDE of a run config: ``config.training.sde`` with ``config.model``'s beta or sigma range
+    and N = ``model.num_scales`` (score_sde's fields)."""
+    cls, m = sde_class(config.training.sde), config.model
+    if issubclass(cls, VPSDE):  # VP and sub-VP
+        return cls(m.beta_min, m.beta_max, N=m.num_scales)
+    return cls(m.sigma_min, m.sigma_max, N=m.num_scales)

@@ -1,4 +1,4 @@
-"""Train state, optimiser and the jitted, data-parallel train step.
+"""The network of a config, its train state, the optimiser and the jitted, data-parallel train step.
 
 The state is a pytree ``TrainState(params, opt_state, ema, step, rng)``: ``params`` and ``ema`` are the
 network's ``nnx.Param`` state (``nnx.split``), ``step`` counts completed updates and ``rng`` is the run's
@@ -35,9 +35,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import models
-from sde_lib import losses, objectives
-from sde_lib.config import get_sde
 from sde_lib.parameterization import ModelScore
+from sde_lib.sdes import get_sde
 
 BATCH_AXIS = "batch"
 
@@ -135,28 +134,40 @@ def ema_decay(step: jax.Array, ema_rate: float, warmup: bool) -> jax.Array:
     return jnp.minimum(ema_rate, (1.0 + s) / (10.0 + s))
 
 
-def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
-    """``config``'s network for the examples it sees (data, or a first stage's latents), with a token
-    encoder over the run's vocabulary and a discriminator where the config asks for them."""
-    from sde_lib import conditioning, latent
+def build_model(config, dims: tuple[int, ...], rngs: nnx.Rngs, *, cross_attention: bool = False,
+                vocab_size: int = 0) -> nnx.Module:
+    """``config.model``'s network for examples of shape ``dims`` (data, or a first stage's latents), with
+    cross-attention and a token encoder over ``vocab_size`` tokens where the run's condition kind feeds them
+    (``sde_lib.conditioning``), and a discriminator where the autoencoder objective asks for one."""
+    t = config.training
+    return models.get_model(config.model, dims, rngs, cross_attention=cross_attention, vocab_size=vocab_size,
+                            discriminator=t.objective == "autoencoder" and t.disc_weight > 0)
 
-    return models.get_model(config.model, latent.model_dims(config), rngs, vocab_size=conditioning.vocab_size(config),
-                            discriminator=config.training.objective == "autoencoder" and config.training.disc_weight > 0)
 
-
-def init_model(config, seed: int | None = None):
-    """``(graphdef, params)`` of ``config``'s network initialised from ``seed`` (default ``config.seed``)."""
-    model = build_model(config, nnx.Rngs(config.seed if seed is None else seed))
+def init_model(config, dims: tuple[int, ...], seed: int | None = None, **network):
+    """``(graphdef, params)`` of ``config``'s network initialised from ``seed`` (default ``config.seed``);
+    ``network``: :func:`build_model`'s keywords."""
+    model = build_model(config, dims, nnx.Rngs(config.seed if seed is None else seed), **network)
     # Splitting on Param alone fails loudly if a network ever grows non-parameter state.
     return nnx.split(model, nnx.Param)
 
 
-def init_train_state(config, optimizer: optax.GradientTransformation):
+def init_train_state(config, optimizer: optax.GradientTransformation, dims: tuple[int, ...], **network):
     """``(graphdef, TrainState)`` at step 0; parameters from ``config.seed``, training keys from its fold 1."""
-    graphdef, params = init_model(config)
+    graphdef, params = init_model(config, dims, **network)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     state = TrainState(params, optimizer.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32), rng)
     return graphdef, state
+
+
+def abstract_train_state(config, dims: tuple[int, ...], **network):
+    """``(graphdef, abstract TrainState)`` on this process's first device, computing nothing: a restore target."""
+    optimizer = make_optimizer(config.optim, config.training.n_iters)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, dims, nnx.Rngs(0), **network)), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          jax.eval_shape(lambda: init_train_state(config, optimizer, dims, **network)[1]))
+    return graphdef, target
 
 
 def score_fn(config, graphdef, params) -> ModelScore:
@@ -166,12 +177,11 @@ def score_fn(config, graphdef, params) -> ModelScore:
     return ModelScore(Network(graphdef, params), get_sde(config), m.parameterization, float(m.sigma_data))
 
 
-def loss_fn(config, per_example: bool = False):
-    """``loss(model_fn, key, x0)`` of ``config.training`` / ``config.model`` (see :mod:`sde_lib.losses`)."""
-    t, m = config.training, config.model
-    return losses.get_loss_fn(get_sde(config), continuous=t.continuous, weighting=t.weighting,
-                              reduce_mean=t.reduce_mean, parameterization=m.parameterization, eps=t.eps,
-                              sigma_data=m.sigma_data, per_example=per_example)
+def to_host(x) -> np.ndarray:
+    """A replicated (or process-local) array as NumPy, also when other processes hold copies."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -198,15 +208,14 @@ def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS) if stacked else PartitionSpec(BATCH_AXIS))
 
 
-def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, mesh: Mesh, objective=None):
+def make_train_step(config, optimizer: optax.GradientTransformation, mesh: Mesh, objective):
     """Jitted ``step(state, batch) -> (state, metrics)``; the input state is donated.
 
     ``batch``: ``(B, *dims)`` or a dict ``{"x": (B, *dims), condition arrays}``, each with a leading
-    ``k`` axis when k = ``training.n_jitted_steps`` > 1 (a ``lax.scan`` of k updates). ``objective``:
-    default ``objectives.make(config, graphdef)``. ``metrics``: ``loss``, ``grad_norm`` (before clipping)
-    and the objective's own, each ``(k,)``.
+    ``k`` axis when k = ``training.n_jitted_steps`` > 1 (a ``lax.scan`` of k updates). ``objective``: what
+    the run optimises (``sde_lib.objectives``; a run's is assembled by ``sde_lib.runs.assemble``).
+    ``metrics``: ``loss``, ``grad_norm`` (before clipping) and the objective's own, each ``(k,)``.
     """
-    objective = objective or objectives.make(config, graphdef)
     ema_rate = float(config.optim.ema_rate)
     warmup = bool(config.optim.ema_warmup)
     k = int(config.training.n_jitted_steps)
@@ -236,12 +245,11 @@ def make_train_step(config, graphdef, optimizer: optax.GradientTransformation, m
                    donate_argnums=0)
 
 
-def make_eval_step(config, graphdef, mesh: Mesh, objective=None):
-    """Jitted ``eval(params, batch, mask (B,), key) -> mean loss over the rows in mask``.
+def make_eval_step(mesh: Mesh, objective):
+    """Jitted ``eval(params, batch, mask (B,), key) -> mean loss over the rows in mask`` of ``objective``.
 
     A fixed ``key`` gives the held-out loss the same times and noise at every evaluation.
     """
-    objective = objective or objectives.make(config, graphdef)
 
     def evaluate(params, batch, mask, key):
         per_example = objective.eval_losses(params, batch, key)

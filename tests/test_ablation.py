@@ -15,7 +15,8 @@ import pytest
 
 from PIL import Image
 
-from sde_lib import ablation, sampling
+from sde_lib import sampling
+from sde_lib.evaluation import ablation
 from sde_lib.metrics.distances import random_directions
 from sde_lib.oracle import builtin_mixture
 

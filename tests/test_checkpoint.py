@@ -15,9 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from sde_lib import checkpoint as ckpt_lib
-from sde_lib import logging_utils, trainer, training
 from sde_lib.data import Dataset
+from sde_lib.errors import NonFiniteLossError
+from sde_lib.runs import RunFolder, checkpoints, trainer
+from sde_lib.runs import folder as run_folder
+from sde_lib.runs.assemble import assemble
 from tests.helpers import toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +44,7 @@ def train_command(workdir):
 def committed_steps(workdir):
     """Committed checkpoint steps of both directories (orbax writes to a temporary name, then renames)."""
     steps = []
-    for sub in (ckpt_lib.SNAPSHOTS, ckpt_lib.PREEMPTION):
+    for sub in (run_folder.SNAPSHOTS, run_folder.PREEMPTION):
         folder = os.path.join(workdir, sub)
         steps += [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
     return sorted(steps)
@@ -61,13 +63,8 @@ def start_and_wait_for_checkpoint(workdir, after: int):
 
 
 def saved_state(workdir, step):
-    config = ckpt_lib.read_config(workdir)
-    _, target = training.init_train_state(config, training.make_optimizer(config.optim))
-    checkpoints = ckpt_lib.Checkpointer(workdir, async_writes=False)
-    try:
-        return checkpoints.restore(step, target)
-    finally:
-        checkpoints.close()
+    run = RunFolder(workdir)
+    return checkpoints.restore(run, assemble(run.read_config(), run).target, step)[0]
 
 
 def assert_bit_identical(a, b):
@@ -88,14 +85,14 @@ def reference(tmp_path_factory):
 def test_uninterrupted_run_learns_and_logs(reference):
     workdir, state = reference
     assert int(state.step) == N_ITERS
-    records = logging_utils.read_metrics(workdir)
+    records = RunFolder(workdir).read_metrics()
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == N_ITERS // OVERRIDES["training.log_freq"]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert len(evals) == 3 and evals[-1] < evals[0]
-    assert os.listdir(os.path.join(workdir, logging_utils.TENSORBOARD_DIR))
-    assert ckpt_lib.read_config(workdir) == make_config()
+    assert os.listdir(os.path.join(workdir, run_folder.TENSORBOARD))
+    assert RunFolder(workdir).read_config() == make_config()
     # Snapshots at multiples of 100; preemption copies at the other multiples of 50, the last two kept.
     assert committed_steps(workdir) == [100, 150, 200, 250, 300]
 
@@ -127,9 +124,9 @@ def test_sigterm_then_kill9_resume_bit_identical(reference, tmp_path):
     assert_bit_identical(saved_state(workdir, N_ITERS), reference[1])
     # The log reads as one run: every multiple of log_freq once, in order, with the uninterrupted run's
     # losses (a window cut by the stop is completed from the updates saved with the checkpoint).
-    logged = [r for r in logging_utils.read_metrics(workdir) if "loss" in r]
+    logged = [r for r in RunFolder(workdir).read_metrics() if "loss" in r]
     assert [r["step"] for r in logged] == list(range(10, N_ITERS + 1, 10))
-    uninterrupted = [r for r in logging_utils.read_metrics(reference[0]) if "loss" in r]
+    uninterrupted = [r for r in RunFolder(reference[0]).read_metrics() if "loss" in r]
     assert [r["loss"] for r in logged] == [r["loss"] for r in uninterrupted]
 
 
@@ -137,11 +134,11 @@ def test_sigterm_then_kill9_resume_bit_identical(reference, tmp_path):
 def test_damaged_latest_checkpoint_falls_back(reference, tmp_path, damage):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference[0], workdir)
-    latest = os.path.join(workdir, ckpt_lib.SNAPSHOTS, str(N_ITERS))
+    latest = os.path.join(workdir, run_folder.SNAPSHOTS, str(N_ITERS))
     rng = np.random.default_rng(0)
-    for folder, _, files in os.walk(latest):
+    for parent, _, files in os.walk(latest):
         for name in files:
-            path = os.path.join(folder, name)
+            path = os.path.join(parent, name)
             size = os.path.getsize(path)
             if damage == "truncate":
                 os.truncate(path, size // 2)
@@ -174,7 +171,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
 
     workdir = str(tmp_path / "run")
     last_good = 4 * (bad // 4)  # after `bad` updates; update bad + 1 (1-based) sees the huge row
-    with pytest.raises(trainer.NonFiniteLossError, match=rf"at step {bad + 1}; .*Last good checkpoint: step {last_good}"):
+    with pytest.raises(NonFiniteLossError, match=rf"at step {bad + 1}; .*Last good checkpoint: step {last_good}"):
         trainer.train(config, workdir, progress=False)
     assert max(committed_steps(workdir)) == last_good
     state = saved_state(workdir, last_good)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib import ablation, guidance, trainer
+from sde_lib import guidance
+from sde_lib.evaluation import ablation
+from sde_lib.runs import trainer
 from sde_lib.data import toy
 from sde_lib.metrics.distances import random_directions
 from tests.helpers import toy_config
@@ -18,7 +20,7 @@ CFG = {"data.centered": False, "model.hidden": 128, "model.n_layers": 3, "traini
        "training.n_iters": 3000, "training.n_jitted_steps": 10, "training.log_freq": 500, "training.eval_freq": 3000,
        "training.snapshot_freq": 3000, "training.snapshot_freq_for_preemption": 3000,
        "training.snapshot_sampling": False, "optim.warmup": 100, "optim.lr": 2e-3, "optim.ema_rate": 0.99,
-       "model.num_classes": 2, "training.cond_drop_prob": 0.2}
+       "condition.kind": "label", "model.num_classes": 2, "training.cond_drop_prob": 0.2}
 
 
 @pytest.fixture(scope="module")

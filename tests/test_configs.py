@@ -8,7 +8,9 @@ import ml_collections
 import pytest
 
 import sde_lib
-from sde_lib.config import default_config, get_sde, validate_config, validate_sampler
+from sde_lib.config import default_config, validate_config, validate_sampler
+from sde_lib.runs.folder import upgrade
+from sde_lib.sdes import get_sde
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
@@ -89,6 +91,12 @@ BAD = [
     ("sampling.options", {"snr": -1.0}, "config.sampling.options invalid value -1.0 for option 'snr'"),
     ("sampling.options", {"eta": 0.5}, "config.sampling.options unknown option(s) ['eta'] for sampler 'pc'"),
     ("eval.split", "valid", "config.eval.split must be one of"),
+    ("condition.kind", "magic", "config.condition.kind must be 'none' or one of label, caption, layout, image"),
+    ("condition.options", {"factor": 2}, "config.condition.options.factor is not an option of condition.kind='none'"),
+    ("condition.plugin", "no/such/kinds.py", "config.condition.plugin='no/such/kinds.py': no such file"),
+    ("condition.kind", "label", "config.model.num_classes must be >= 2 for condition.kind='label', got 0"),
+    ("model.num_classes", 10, "config.model.num_classes is the class embedding of a label condition"),
+    ("model.concat_channels", 3, "config.model.concat_channels needs a condition kind feeding channels"),
     ("model.foo", 1, "config.model.foo is not a known field"),
     ("extra.x", 1, "config.extra is not a known field"),
 ]
@@ -136,3 +144,21 @@ def test_get_sde(name, cls, params):
     assert type(sde) is cls and sde.N == 500
     for k, v in params.items():
         assert getattr(sde, k) == v
+
+
+@pytest.mark.parametrize("recorded, kind", [
+    ({"model": {"context": "caption"}}, "caption"),
+    ({"model": {"context": "layout", "context_len": 11}}, "layout"),
+    ({"model": {"context": "none", "num_classes": 10}}, "label"),
+    ({"model": {"context": "none"}}, "none"),
+])  # fmt: skip
+def test_configs_recorded_before_condition_kinds_upgrade(recorded, kind):
+    """A run recorded with ``model.context`` / ``model.num_classes`` (and no ``condition`` group) reads back
+    with the condition kind it trained with, and without the retired field."""
+    raw = default_config().to_dict()
+    del raw["condition"]
+    for group, fields in recorded.items():
+        raw[group].update(fields)
+    config = upgrade(raw)
+    assert config.condition.kind == kind and "context" not in config.model
+    assert config.optim.ema_warmup is True  # recorded; only a missing field takes the legacy False

@@ -13,7 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from sde_lib import ablation, evaluation, runs, trainer
+from sde_lib import runs
+from sde_lib.evaluation import ablation
+from sde_lib.evaluation import checkpoints as evaluation
+from sde_lib.runs import RunFolder, trainer
 from tests.test_configs import load
 
 pytestmark = pytest.mark.slow  # one digits run trained for the module

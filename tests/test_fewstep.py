@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib import ablation, sampling
+from sde_lib import sampling
+from sde_lib.evaluation import ablation
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.sampling.adams import DEIS, IPNDM
 from sde_lib.sampling.exponential import DPMSolverMultistep, fast_orders

@@ -16,7 +16,9 @@ from flax import nnx
 import sde_lib
 from models.attention import SpatialTransformer, TokenEncoder
 from models.layers import GroupNorm
-from sde_lib import latent, text, trainer
+from sde_lib.conditioning import tokenizers as text
+from sde_lib.runs import folder as run_folder
+from sde_lib.runs import trainer
 from sde_lib.data import canvas, scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +104,7 @@ def runs(tmp_path_factory):
 def test_latent_training_and_sampling_end_to_end(runs):
     ae, caption = runs
     r = sde_lib.load_run(caption, warn=False)
-    stored = json.load(open(os.path.join(caption, latent.SCALE_FILE)))
+    stored = json.load(open(os.path.join(caption, run_folder.FIRST_STAGE)))
     assert stored["first_stage"] == os.path.abspath(ae) and stored["step"] == 20 and stored["scale"] > 0
     assert r.first_stage.scale == stored["scale"] and r.model_dims == (4, 4, 4) and r.dims == (16, 16, 1)
     # The scale is applied inside encode / decode: scaled latents of training canvases have unit spread.
@@ -132,7 +134,7 @@ def test_bad_first_stages_fail_in_one_line(runs, tmp_path):
     assert "no such autoencoder run folder" in r.stderr and not os.path.exists(f"{tmp_path}/x")
     # An autoencoder of other images: 16 x 16 canvases, not 8 x 8 digits.
     r = subprocess.run(cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}",
-                              "--config.model.context=none",
+                              "--config.condition.kind=none",
                               "--config.data.dataset=digits", "--config.data.image_size=8"],
                        capture_output=True, text=True, cwd=ROOT)
     last = r.stderr.strip().splitlines()[-1]

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib import checkpoint as ckpt_lib
-from sde_lib import logging_utils, sampling, trainer
+from sde_lib import sampling
+from sde_lib.errors import CheckpointMismatch, RunConflict
+from sde_lib.runs import RunFolder, trainer
+from sde_lib.runs import folder as run_folder
 from sde_lib.oracle import builtin_mixture
 from tests.helpers import toy_config
 
@@ -113,9 +115,9 @@ def test_cpu_devices_train_data_parallel_to_the_same_losses(trained, tmp_path):
     workdir = str(tmp_path / "two_devices")
     r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--cpu_devices=2")
     assert r.returncode == 0, r.stderr[-2000:]
-    event = json.loads(open(os.path.join(workdir, trainer.HISTORY_FILE)).readline())
+    event = json.loads(open(os.path.join(workdir, run_folder.HISTORY)).readline())
     assert (event["backend"], event["devices"]) == ("cpu", 2)
-    ours, ref = (logging_utils.read_metrics(w) for w in (workdir, trained))
+    ours, ref = (RunFolder(w).read_metrics() for w in (workdir, trained))
     assert [m.keys() for m in ours] == [m.keys() for m in ref] and len(ours) >= 4
     for a, b in zip(ours, ref):  # another key or batch would give other losses, far beyond 1e-4
         for key in a.keys() & {"loss", "eval_loss"}:
@@ -130,33 +132,33 @@ def test_resumable_changes_are_recorded_and_forced_ones_need_force(run):
     workdir, _ = run
     state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 60}), workdir, progress=False)
     assert int(state.step) == 60
-    events = [json.loads(line) for line in open(os.path.join(workdir, trainer.HISTORY_FILE))]
+    events = [json.loads(line) for line in open(os.path.join(workdir, run_folder.HISTORY))]
     assert [e["event"] for e in events] == ["start", "resume"]
     assert events[1]["step"] == 40 and events[1]["changes"] == {"training.n_iters": [40, 60]}
-    assert ckpt_lib.read_config(workdir).training.n_iters == 60
+    assert RunFolder(workdir).read_config().training.n_iters == 60
 
     changed = toy_config(OVERRIDES, **{"training.n_iters": 60, "optim.lr": 5e-4})
     before = snapshot(workdir)
-    with pytest.raises(trainer.RunConflict, match=r"optim.lr \(0.001 -> 0.0005\)"):
+    with pytest.raises(RunConflict, match=r"optim.lr \(0.001 -> 0.0005\)"):
         trainer.train(changed, workdir, progress=False)
     assert snapshot(workdir) == before
     trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 80, "optim.lr": 5e-4}), workdir, progress=False,
                   force=True)
-    last = json.loads(open(os.path.join(workdir, trainer.HISTORY_FILE)).read().splitlines()[-1])
+    last = json.loads(open(os.path.join(workdir, run_folder.HISTORY)).read().splitlines()[-1])
     assert last["event"] == "forced resume" and last["changes"]["optim.lr"] == [1e-3, 5e-4]
 
 
 def test_force_cannot_resume_another_architecture_and_fork_starts_a_new_run(run, tmp_path):
     workdir, before = run
     other = toy_config(OVERRIDES, **{"model.hidden": 32})
-    with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"ema/cond/0/kernel has shape \(16, 16\) in the checkpoint, \(32, 32\) in the model"):
+    with pytest.raises(CheckpointMismatch, match=r"ema/cond/0/kernel has shape \(16, 16\) in the checkpoint, \(32, 32\) in the model"):
         trainer.train(other, workdir, progress=False, force=True)
     assert snapshot(workdir) == before  # a checkpoint of another shape is never called corrupt
     fork = str(tmp_path / "fork")
     state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 60, "optim.lr": 5e-4}), fork,
                           progress=False, fork_from=workdir)
     assert int(state.step) == 60 and snapshot(workdir) == before
-    event = json.loads(open(os.path.join(fork, trainer.HISTORY_FILE)).readline())
+    event = json.loads(open(os.path.join(fork, run_folder.HISTORY)).readline())
     assert event["event"] == "fork" and event["step"] == 40 and event["changes"]["optim.lr"] == [1e-3, 5e-4]
 
 
@@ -181,9 +183,9 @@ def test_read_only_commands_never_touch_the_run(run, tmp_path):
 
     # The recorded config changed under the run (another architecture): loading fails in one line and
     # sets nothing aside.
-    config = json.load(open(os.path.join(workdir, ckpt_lib.CONFIG_FILE)))
+    config = json.load(open(os.path.join(workdir, run_folder.CONFIG)))
     config["model"]["hidden"] = 32
-    with open(os.path.join(workdir, ckpt_lib.CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, run_folder.CONFIG), "w") as f:
         json.dump(config, f)
     changed = snapshot(workdir)
     one_line_error(script("sample.py", f"--workdir={workdir}", f"--out={tmp_path}/t"), "does not fit the model")
@@ -193,7 +195,7 @@ def test_read_only_commands_never_touch_the_run(run, tmp_path):
 def test_loading_a_run_without_checkpoints_creates_nothing(tmp_path):
     workdir = str(tmp_path / "empty")
     os.makedirs(workdir)
-    ckpt_lib.write_config(workdir, toy_config(OVERRIDES))
+    RunFolder(workdir, read_only=False).write_config(toy_config(OVERRIDES))
     before = snapshot(workdir)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         sde_lib.load_run(workdir)
@@ -202,7 +204,7 @@ def test_loading_a_run_without_checkpoints_creates_nothing(tmp_path):
 
 def test_a_damaged_checkpoint_is_skipped_in_one_warning_line_and_left_in_place(run, capfd):
     workdir, _ = run
-    latest = os.path.join(workdir, ckpt_lib.SNAPSHOTS, "40")
+    latest = os.path.join(workdir, run_folder.SNAPSHOTS, "40")
     for folder, _, files in os.walk(latest):
         for name in files:
             with open(os.path.join(folder, name), "wb") as f:
@@ -228,7 +230,7 @@ def test_a_second_training_exits_at_once_and_a_stale_lock_is_taken_over(tmp_path
                              env={**os.environ, "PYTHONPATH": ROOT})
     try:
         deadline = time.time() + 120
-        while not os.path.exists(os.path.join(workdir, logging_utils.METRICS_FILE)):
+        while not os.path.exists(os.path.join(workdir, run_folder.METRICS)):
             assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
             time.sleep(0.1)
         one_line_error(script("train.py", *long), f"is being trained by process {first.pid}")
@@ -237,12 +239,12 @@ def test_a_second_training_exits_at_once_and_a_stale_lock_is_taken_over(tmp_path
         err = first.communicate(timeout=120)[1]
     assert first.returncode == 0, err[-2000:]
     # The first run's log holds its own steps only, and its lock is gone.
-    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, logging_utils.METRICS_FILE))]
-    assert steps == sorted(steps) and not os.path.exists(os.path.join(workdir, trainer.LOCK_FILE))
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, run_folder.METRICS))]
+    assert steps == sorted(steps) and not os.path.exists(os.path.join(workdir, run_folder.LOCK))
 
     # A lock left behind by a process that no longer runs is taken over, with a warning.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with open(os.path.join(workdir, trainer.LOCK_FILE), "w") as f:
+    with open(os.path.join(workdir, run_folder.LOCK), "w") as f:
         json.dump({"pid": int(dead.stdout), "host": os.uname().nodename, "since": "earlier"}, f)
     with pytest.warns(UserWarning, match="taking over the stale lock"):
         trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 4000}), workdir, progress=False)

@@ -16,6 +16,7 @@ from configs.digits import vp_ddpmpp as digits_unet
 from models.layers import GroupNorm, conv3x3
 from models.resample import upsample_conv3x3, upsample_nearest
 from sde_lib import training
+from sde_lib.runs.assemble import assemble
 
 
 @pytest.mark.parametrize("c_in, c_out, size", [(3, 5, 4), (8, 16, 6)])
@@ -55,8 +56,9 @@ def _config(**overrides):
 def _first_step(config):
     """(state after one update, metrics, gradient of that update) on a fixed batch."""
     optimizer = training.make_optimizer(config.optim)
-    graphdef, state = training.init_train_state(config, optimizer)
-    step = training.make_train_step(config, graphdef, optimizer, training.make_mesh(jax.devices()[:1]))
+    run = assemble(config)
+    _, state = run.init_state(optimizer)
+    step = training.make_train_step(config, optimizer, training.make_mesh(jax.devices()[:1]), run.objective())
     x0 = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 8, 1), minval=-1.0)
     lowered = step.lower(state, x0)
     new, metrics = lowered.compile()(state, x0)

@@ -11,7 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sde_lib import logging_utils, training
+from sde_lib import figures, training
+from sde_lib.runs import RunFolder
+from sde_lib.runs import folder as run_folder
+from sde_lib.runs.assemble import assemble
 from sde_lib.data import make_iterator
 from tests.helpers import toy_config
 
@@ -53,9 +56,10 @@ def test_decay_schedule(kind, mid):
 def single_device_step():
     config = make_config(**{"training.n_jitted_steps": 1})
     optimizer = training.make_optimizer(config.optim)
-    graphdef, state = training.init_train_state(config, optimizer)
+    run = assemble(config)
+    graphdef, state = run.init_state(optimizer)
     mesh = training.make_mesh(jax.devices()[:1])
-    return config, optimizer, graphdef, state, training.make_train_step(config, graphdef, optimizer, mesh), mesh
+    return config, optimizer, run, state, training.make_train_step(config, optimizer, mesh, run.objective()), mesh
 
 
 def test_step_updates_ema_and_counter(single_device_step):
@@ -74,8 +78,8 @@ def test_step_updates_ema_and_counter(single_device_step):
 
 
 def test_scanned_steps_match_single_steps(single_device_step):
-    config, optimizer, graphdef, state, step_fn, mesh = single_device_step
-    scan_fn = training.make_train_step(make_config(), graphdef, optimizer, mesh)
+    config, optimizer, run, state, step_fn, mesh = single_device_step
+    scan_fn = training.make_train_step(make_config(), optimizer, mesh, run.objective())
     batches = make_iterator(config, "train", 0)
     block = np.stack([next(batches) for _ in range(2)])
     one = jax.tree.map(jnp.copy, state)
@@ -100,7 +104,8 @@ _WORKER = """
 import os, sys
 import jax, numpy as np
 sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
-from sde_lib import trainer
+from sde_lib.runs import trainer
+from sde_lib.training import to_host
 from test_training import make_config
 mode, out = sys.argv[1], sys.argv[2]
 if mode.startswith("process"):
@@ -111,7 +116,7 @@ else:
 for name, devices in runs:
     state = trainer.train(make_config(), os.path.join(out, name), devices=devices, progress=False)
     if jax.process_index() == 0:
-        np.savez(os.path.join(out, name + ".npz"), *[trainer.to_host(x) for x in jax.tree.leaves(state.params)],
+        np.savez(os.path.join(out, name + ".npz"), *[to_host(x) for x in jax.tree.leaves(state.params)],
                  devices=len(devices or jax.devices()))
 """
 
@@ -147,25 +152,26 @@ def test_data_parallel_matches_single_device(parallel_runs, name, devices):
 
 
 def test_metrics_logger_truncates_on_resume(tmp_path):
-    logger = logging_utils.MetricsLogger(str(tmp_path), tensorboard=False)
+    folder = RunFolder(str(tmp_path), read_only=False)
+    logger = folder.metrics_logger(tensorboard=False)
     for step in (10, 20, 30):
         logger.write(step, {"loss": step / 10})
     logger.close()
-    with open(tmp_path / logging_utils.METRICS_FILE, "a") as f:
+    with open(tmp_path / run_folder.METRICS, "a") as f:
         f.write('{"step": 40, "lo')  # a line cut short by kill -9
-    logger = logging_utils.MetricsLogger(str(tmp_path), start_step=20, tensorboard=False)
+    logger = folder.metrics_logger(start_step=20, tensorboard=False)
     logger.write(30, {"loss": jnp.float32(0.5)})
     logger.close()
-    assert logging_utils.read_metrics(str(tmp_path)) == [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 2.0},
+    assert folder.read_metrics() == [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 2.0},
                                                         {"step": 30, "loss": 0.5}]
-    assert json.loads((tmp_path / logging_utils.METRICS_FILE).read_text().splitlines()[0])["step"] == 10
+    assert json.loads((tmp_path / run_folder.METRICS).read_text().splitlines()[0])["step"] == 10
 
 
 def test_image_grid_layout():
     images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3, 1)
-    grid = logging_utils.image_grid(images, ncols=3, pad=1)
+    grid = figures.image_grid(images, ncols=3, pad=1)
     assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 3)
     np.testing.assert_array_equal(grid[4:6, 5:8, 1], images[4, :, :, 0])  # row 1, column 1
     assert (grid[0] == 255).all() and (grid[4:6, 9:12] == 255).all()  # padding and the empty sixth cell
     with pytest.raises(ValueError, match="uint8"):
-        logging_utils.image_grid(images.astype(np.float32))
+        figures.image_grid(images.astype(np.float32))

@@ -12,6 +12,6 @@ canvas_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.py
 
 def get_config():
     config = canvas_config("latent")
-    config.model.context = "layout"
+    config.condition.kind = "layout"
     config.model.context_len = 11  # BOS and 5 tokens for each of 2 boxes
     return config

@@ -12,6 +12,6 @@ canvas_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.py
 
 def get_config():
     config = canvas_config("latent")
-    config.model.context = "caption"
+    config.condition.kind = "caption"
     config.model.context_pooled = True  # the bag-of-words baseline: no cross-attention, no word order
     return config

@@ -11,5 +11,5 @@ canvas_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.py
 
 def get_config():
     config = canvas_config("pixel")
-    config.model.context = "caption"
+    config.condition.kind = "caption"
     return config

@@ -14,6 +14,7 @@ digits_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.py
 
 def get_config():
     config = digits_config("vpsde")
+    config.condition.kind = "label"
     config.model.num_classes = 10
     config.training.cond_drop_prob = 0.1
     return config

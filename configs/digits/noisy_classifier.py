@@ -14,6 +14,7 @@ digits_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "_base.py
 def get_config():
     config = digits_config("vpsde")
     config.training.objective = "classifier"
+    config.condition.kind = "label"  # the labels are the classifier's targets
     config.training.n_iters = 3000
     m = config.model
     m.name = "classifier"

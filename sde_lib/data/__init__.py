@@ -27,6 +27,7 @@ Shuffles, flips and noise are pure functions of (seed, epoch, example index) (``
 ``Dataset.batch_at(step)`` gives any step's batch, so resumed runs see the batches of uninterrupted ones.
 """
 
+from sde_lib.data import readers
 from sde_lib.data.pipeline import Dataset, eval_batches, make_iterator
 from sde_lib.data.scaling import dequantize, dequantize_interval, model_range, quantize, scale, to_uint8, unscale
 from sde_lib.data.sources import (
@@ -37,6 +38,7 @@ from sde_lib.data.sources import (
     data_dims,
     load_captions,
     load_labels,
+    load_layout_classes,
     load_layouts,
     load_split,
     parse,
@@ -56,9 +58,11 @@ __all__ = [
     "dequantize_interval",
     "model_range",
     "quantize",
+    "readers",
     "eval_batches",
     "load_captions",
     "load_labels",
+    "load_layout_classes",
     "load_layouts",
     "load_split",
     "make_iterator",

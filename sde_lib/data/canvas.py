@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from sde_lib.data import counter_rng
+from sde_lib.data import bundled, counter_rng
 
 SLOTS = ("top left", "top right", "bottom left", "bottom right")  # slot s: row s // 2, column s % 2
 RELATIONS = ("left of", "above")
@@ -100,17 +100,13 @@ def _objects(spec: CanvasSpec, split: str, seed: int, n: int) -> list[list[tuple
 
 def _sources(spec: CanvasSpec, split: str):
     """Object images ``(N, slot, slot)`` (integer levels) and their classes, from ``split`` of the source."""
-    import ml_collections
-
-    from sde_lib.data.sources import load_labels, load_split
-
     if spec.name == "canvas_digits":
-        cfg = ml_collections.ConfigDict({"dataset": "digits"})
-        return load_split(cfg, split)[..., 0].astype(np.int64), load_labels(cfg, split)
-    cfg = ml_collections.ConfigDict({"dataset": "fashion_mnist"})
-    x = load_split(cfg, split)[..., 0].astype(np.float64)  # (N, 28, 28) in 0..255
+        images, labels = bundled.digits(split, seed=0)
+        return images[..., 0], labels
+    folder = bundled.FASHION_MNIST_PATH
+    x = bundled.fashion_mnist(folder, split)[0][..., 0].astype(np.float64)  # (N, 28, 28) in 0..255
     small = x.reshape(len(x), 14, 2, 14, 2).mean(axis=(2, 4))  # 2x2 averages: 14 x 14
-    return np.round(np.pad(small, ((0, 0), (1, 1), (1, 1)))).astype(np.int64), load_labels(cfg, split)
+    return np.round(np.pad(small, ((0, 0), (1, 1), (1, 1)))).astype(np.int64), bundled.fashion_mnist_labels(folder, split)
 
 
 @functools.lru_cache(maxsize=4)

@@ -43,11 +43,8 @@ class Dataset:
     def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None,
                  cond: dict | None = None):
         self.spec = parse(data_cfg)
-        self.x = load_split(self.spec, split)
-        self.cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
-        for k, v in self.cond.items():
-            if len(v) != len(self.x):
-                raise ValueError(f"{self.spec.dataset} {split}: {len(self.x)} examples but {len(v)} rows of {k!r}")
+        self.x, self.split = load_split(self.spec, split), split
+        self.set_conditions(cond)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.process_index = jax.process_index() if process_index is None else int(process_index)
         self.process_count = jax.process_count() if process_count is None else int(process_count)
@@ -59,6 +56,14 @@ class Dataset:
             raise ValueError(f"process_index {process_index} outside 0..{self.process_count - 1}")
         self.local_batch_size = self.batch_size // self.process_count
         self._epoch_perm: tuple[int, np.ndarray] | None = None
+
+    def set_conditions(self, cond: dict | None) -> None:
+        """Serve ``cond`` (per-example arrays, row for row with the examples) with the images from now on."""
+        cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+        for k, v in cond.items():
+            if len(v) != len(self.x):
+                raise ValueError(f"{self.spec.dataset} {self.split}: {len(self.x)} examples but {len(v)} rows of {k!r}")
+        self.cond = cond
 
     @property
     def discrete(self) -> bool:

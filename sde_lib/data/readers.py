@@ -11,6 +11,7 @@ import os
 import zipfile
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 # idx type byte -> big-endian dtype (LeCun's MNIST format: 0, 0, type, ndim, ndim x int32 dims, data).
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -81,8 +82,6 @@ def read_image(path: str, num_channels: int, image_size: int) -> np.ndarray:
     Converted to grey (1 channel) or RGB (3). A different size is centre-cropped to a square and
     resized with a Lanczos filter.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im = im.convert("L" if num_channels == 1 else "RGB")

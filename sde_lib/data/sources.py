@@ -14,11 +14,11 @@ import os
 
 import numpy as np
 
-from sde_lib.data import canvas, counter_rng, readers, toy
+from sde_lib.data import bundled, canvas, readers, toy
+from sde_lib.data.bundled import FASHION_MNIST_PATH, split_indices
 
 DATASETS = ("toy", "digits", "fashion_mnist", "cifar10", "npz", "folder", "canvas_digits", "canvas_fashion_mnist")
 SPLITS = ("train", "test")
-FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 # dataset -> (image_size, num_channels, levels) fixed by the source.
 _NATIVE = {"digits": (8, 1, 17), "fashion_mnist": (28, 1, 256), "cifar10": (32, 3, 256),
            "canvas_digits": (16, 1, 17), "canvas_fashion_mnist": (32, 1, 256)}
@@ -75,26 +75,6 @@ def parse(data_cfg) -> DataSpec:
         bool(get("centered", False)), bool(get("random_flip", False)),
         bool(get("uniform_dequantization", False)), int(get("seed", 0)),
     )  # fmt: skip
-
-
-def split_indices(n: int, split: str, seed: int) -> np.ndarray:
-    """Sorted indices of ``split`` in the seeded 80/20 split of ``n`` examples."""
-    perm = counter_rng.permutation(n, counter_rng.make_key(seed, counter_rng.SPLIT))
-    n_train = (4 * n) // 5
-    return np.sort(perm[:n_train] if split == "train" else perm[n_train:])
-
-
-def _fashion_mnist(folder: str, split: str) -> tuple[np.ndarray, str]:
-    stem = os.path.join(folder, ("train" if split == "train" else "t10k") + "-images-idx3-ubyte")
-    for candidate in (stem, stem + ".gz"):
-        if os.path.isfile(candidate):
-            x = readers.read_idx(candidate)
-            if x.dtype != np.uint8 or x.ndim != 3:
-                raise ValueError(f"{candidate}: expected uint8 images (N, 28, 28), got {x.dtype} {x.shape}")
-            return x[..., None], candidate
-    raise FileNotFoundError(
-        f"Fashion-MNIST file not found: {stem}[.gz] (apt-get install dataset-fashion-mnist, or set config.data.path)"
-    )
 
 
 def _cifar10(folder: str, split: str) -> np.ndarray:
@@ -168,15 +148,9 @@ def load_split(data_cfg, split: str) -> np.ndarray:
     if spec.dataset == "toy":
         return _check(toy.toy_samples(spec.toy_name, spec.seed, split, toy.SIZES[split]), spec, f"toy:{spec.toy_name}")
     if spec.dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        images = load_digits().images
-        x, source = images[split_indices(len(images), split, spec.seed), :, :, None], "sklearn load_digits"
-        if not np.array_equal(x, np.round(x)):
-            raise ValueError(f"{source}: expected integer grey levels")
-        x = x.astype(np.int64)
+        x, source = bundled.digits(split, spec.seed)[0], "sklearn load_digits"
     elif spec.dataset == "fashion_mnist":
-        x, source = _fashion_mnist(spec.path, split)
+        x, source = bundled.fashion_mnist(spec.path, split)
     elif spec.dataset == "cifar10":
         x, source = _cifar10(spec.path, split), spec.path
     elif spec.dataset.startswith("canvas"):
@@ -201,16 +175,9 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
     if spec.dataset == "toy":
         return toy.toy_labels(spec.toy_name, spec.seed, split, toy.SIZES[split])
     if spec.dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        y = load_digits().target
-        return y[split_indices(len(y), split, spec.seed)].astype(np.int32)
+        return bundled.digits(split, spec.seed)[1]
     if spec.dataset == "fashion_mnist":
-        stem = os.path.join(spec.path, ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte")
-        for candidate in (stem, stem + ".gz"):
-            if os.path.isfile(candidate):
-                return readers.read_idx(candidate).astype(np.int32)
-        raise FileNotFoundError(f"Fashion-MNIST labels not found: {stem}[.gz] (apt-get install dataset-fashion-mnist)")
+        return bundled.fashion_mnist_labels(spec.path, split)
     if spec.dataset == "cifar10":
         folder = os.path.join(spec.path, "cifar-10-batches-bin")
         folder = folder if os.path.isdir(folder) else spec.path
@@ -241,6 +208,14 @@ def load_layouts(data_cfg, split: str) -> np.ndarray:
     if not spec.dataset.startswith("canvas"):
         raise ValueError(f"dataset {spec.dataset!r} has no layouts (the canvas data sets do)")
     return canvas.canvases(spec.dataset, split, spec.seed)[2]
+
+
+def load_layout_classes(data_cfg) -> tuple[str, ...]:
+    """The names of the classes a layout data set's boxes hold (index = class id)."""
+    spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if not spec.dataset.startswith("canvas"):
+        raise ValueError(f"dataset {spec.dataset!r} has no layouts (the canvas data sets do)")
+    return canvas.SPECS[spec.dataset].class_names
 
 
 def data_dims(data_cfg) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from sde_lib import guidance
+from sde_lib import guidance, sampling
 from sde_lib.data import load_labels, load_split, scale, to_uint8
 from sde_lib.metrics import evaluate_samples, get_classifier
 from sde_lib.metrics.reference import image_spec, real_sets
@@ -71,7 +71,7 @@ def guidance_table(run, scales, samplers, *, n_per_class: int = 36, steps: int =
                      "accuracy": float(np.mean(pred == classes)), "fd": r["fd"], "fd_err": r["fd_err"],
                      "kid": r["kid"], "kid_err": r["kid_err"], "seconds": seconds})
 
-    cond = run.label_cond(classes, n)
+    cond = run.condition(classes, n)
     for name in samplers:
         for w in scales:
             t = time.perf_counter()
@@ -91,8 +91,6 @@ def guidance_table(run, scales, samplers, *, n_per_class: int = 36, steps: int =
 
 
 def _sample_with(run, score_fn, key, n, sampler, steps, cond, x_init):
-    from sde_lib import sampling
-
     s = run.config.sampling
     return sampling.sample(run.sde, score_fn, key, (n, *run.dims), sampler=sampler, steps=steps, x_init=x_init,
                            cond=cond, eps=s.eps, denoise=s.denoise)
@@ -130,11 +128,9 @@ def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int
 
 def _repaint_steps(nfe: int, jump_length: int, jump_n_sample: int) -> int:
     """The largest number of reverse steps whose RePaint walk costs at most ``nfe`` evaluations."""
-    from sde_lib.guidance import repaint_schedule
-
     best = 1
     for steps in range(1, nfe + 1):
-        if int(np.sum(np.diff(repaint_schedule(steps, jump_length, jump_n_sample)) > 0)) <= nfe:
+        if int(np.sum(np.diff(guidance.repaint_schedule(steps, jump_length, jump_n_sample)) > 0)) <= nfe:
             best = steps
     return best
 

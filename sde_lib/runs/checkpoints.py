@@ -1,109 +1,34 @@
-"""Checkpoints of a run directory with orbax: numbered snapshots, a frequent preemption checkpoint, the config.
+"""Checkpoints of a run folder with orbax: numbered snapshots and a frequent preemption checkpoint.
 
-Layout of ``workdir`` (score_sde's names):
+Layout inside the run folder (score_sde's names; ``RunFolder.checkpoint_dir``):
 
 * ``checkpoints/<step>/``: snapshots every ``training.snapshot_freq`` updates, the last ``keep`` kept;
 * ``checkpoints-meta/<step>/``: preemption checkpoints every ``training.snapshot_freq_for_preemption``
-  updates and on SIGTERM, the last two kept (so a damaged latest one still leaves one to fall back to);
-* ``config.json``: the resolved config.
+  updates and on SIGTERM, the last two kept (so a damaged latest one still leaves one to fall back to).
 
 Writes are asynchronous (orbax commits a step by an atomic rename, so a process killed mid-write leaves
 no half step behind). Resuming takes the newest step of either directory. A step whose files cannot be
 read is skipped with one warning line; a writer (training) also moves it aside to ``<step>.corrupt``,
 a reader (``read_only=True``: sampling, evaluation) never renames, creates or deletes anything. A step
 that is readable but does not fit the model (other shapes: the config changed) is never called corrupt:
-it raises :class:`CheckpointMismatch`. No pickle: arrays go to orbax's tensorstore format, the config to
-JSON.
+it raises :class:`~sde_lib.errors.CheckpointMismatch`. No pickle: arrays go to orbax's tensorstore format.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import warnings
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-SNAPSHOTS, PREEMPTION, CONFIG_FILE = "checkpoints", "checkpoints-meta", "config.json"
-
-
-class CheckpointMismatch(ValueError):
-    """A readable checkpoint whose arrays do not fit the model the config builds."""
-
-
-def write_config(workdir: str, config) -> str:
-    """Write ``config`` as ``workdir/config.json`` (process 0; atomic rename) and return the path."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config.to_json(indent=2) + "\n")
-        os.replace(tmp, path)
-    return path
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was started with, upgraded to today's schema (see :func:`upgrade`)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no config.json; is {workdir!r} a training workdir?")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
-    return upgrade(_tuples(raw))
-
-
-def upgrade(raw: dict) -> ml_collections.ConfigDict:
-    """A recorded config (a dict) in today's schema: fields added since it was written take the value that
-    reproduces what the run did (``optim.ema_warmup=False``: older runs had none), or the default; renamed
-    fields move (score_sde's ``sampling.snr`` / ``n_steps_each`` became pc's ``sampling.options``)."""
-    from sde_lib.config import default_config
-
-    raw = json.loads(json.dumps(raw))  # a deep copy
-    sampling = raw.get("sampling", {})
-    snr, n_steps = sampling.pop("snr", None), sampling.pop("n_steps_each", None)
-    if "options" not in sampling and sampling.get("sampler") == "pc" and snr is not None:
-        sampling["options"] = {"snr": snr, "n_steps": n_steps}
-    raw.get("model", {}).pop("progressive", None)  # was a one-choice field ("none")
-    legacy = {"optim": {"ema_warmup": False}}
-    config = default_config()
-    for group, fields in legacy.items():
-        raw.setdefault(group, {})
-        for name, value in fields.items():
-            raw[group].setdefault(name, value)
-
-    def merge(dst, src):
-        for k, v in src.items():
-            if k in dst and isinstance(dst[k], ml_collections.ConfigDict) and isinstance(v, dict):
-                if dst[k].keys() or not v:
-                    merge(dst[k], v)
-                else:
-                    dst[k] = ml_collections.ConfigDict(v)
-            else:
-                with dst.ignore_type():
-                    dst[k] = v
-
-    merge(config, _tuples(raw))
-    return config
-
-
-def _tuples(tree):
-    """JSON lists -> tuples (the schema's sequences are tuples), recursively."""
-    if isinstance(tree, dict):
-        return {k: _tuples(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return tuple(_tuples(v) for v in tree)
-    return tree
+from sde_lib.errors import CheckpointMismatch
+from sde_lib.runs.folder import PREEMPTION, SNAPSHOTS, RunFolder
 
 
 def abstract_like(state):
@@ -169,23 +94,23 @@ def _mismatches(stored, target) -> list[str]:
 
 
 class Checkpointer:
-    """The two orbax ``CheckpointManager`` s of a run directory.
+    """The two orbax ``CheckpointManager`` s of a run folder.
 
     Args:
-      workdir: the run directory.
+      folder: the run folder; a read-only folder gives a read-only checkpointer (creates no folder, never
+        moves a damaged step aside, refuses to save).
       keep: numbered snapshots to keep (None: all).
       async_writes: write in a background thread (orbax's async checkpointing).
-      read_only: read only: create no folder, never move a damaged step aside, refuse to save.
     """
 
-    def __init__(self, workdir: str, keep: int | None = 5, async_writes: bool = True, read_only: bool = False):
+    def __init__(self, folder: RunFolder, keep: int | None = 5, async_writes: bool = True):
         if keep is not None and int(keep) < 1:
             raise ValueError(f"keep must be >= 1 or None, got {keep}")
-        self.workdir = os.path.abspath(workdir)
-        self.read_only = read_only
+        self.workdir = folder.path
+        read_only = self.read_only = folder.read_only
 
         def manager(name, max_to_keep):
-            path = os.path.join(self.workdir, name)
+            path = folder.checkpoint_dir(name)
             if read_only and not os.path.isdir(path):
                 return None
             options = ocp.CheckpointManagerOptions(
@@ -295,3 +220,32 @@ class Checkpointer:
         self.wait()
         for m in self._managers:
             m.close()
+
+
+def restore(folder: RunFolder, target, step: int | None = None):
+    """``(state, step)`` of a run's newest readable checkpoint (or of ``step``), shaped like ``target``; reads
+    only. One-line errors for a run without checkpoints, an unknown step and a checkpoint of another model."""
+    checkpoints = Checkpointer(folder.reader(), async_writes=False)
+    try:
+        if step is None:
+            state, step = checkpoints.restore_latest(target)
+            if state is None:
+                raise FileNotFoundError(f"{folder.given}: no checkpoint to load (has it trained a snapshot yet?)")
+        else:
+            state = checkpoints.restore(int(step), target)
+    finally:
+        checkpoints.close()
+    return state, int(step)
+
+
+def steps(folder: RunFolder | str) -> list[int]:
+    """Every step with a committed checkpoint of a run folder (or its path), snapshots and preemption copies,
+    ascending; reads only."""
+    folder = RunFolder(folder) if isinstance(folder, str) else folder
+    if not folder.exists:
+        return []
+    checkpoints = Checkpointer(folder.reader())
+    try:
+        return sorted({s for s, _ in checkpoints.steps()})
+    finally:
+        checkpoints.close()

@@ -1,11 +1,12 @@
-"""A trained run directory, loaded for inference: ``load_run(workdir)``.
+"""A trained run folder, loaded for inference: ``load_run(workdir)``.
 
     r = sde_lib.load_run("runs/quickstart")         # newest checkpoint, EMA parameters
     x, info = r.sample(jax.random.PRNGKey(0), 64, sampler="unipc", steps=20)
     print(r.bpd(split="test")["bpd"])
 
-Loading is read-only: it reads ``config.json`` and one checkpoint and never creates, renames or deletes
-anything in the run folder (a damaged newest checkpoint is skipped with a warning, not moved aside).
+Loading is read-only: it reads the folder's records and one checkpoint and never creates, renames or
+deletes anything in the run folder (a damaged newest checkpoint is skipped with a warning, not moved
+aside). The run's parts come from the same assembly as the trainer's (``sde_lib.runs.assemble``).
 ``r.score_fn`` is a pytree (:class:`~sde_lib.parameterization.ModelScore`), so samplers and likelihoods
 compiled for one checkpoint are reused for every other checkpoint of the same run.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 import warnings
 from typing import Any
@@ -22,44 +22,19 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
-from flax import nnx
 
-from sde_lib import checkpoint as ckpt_lib
-from sde_lib import conditioning, latent, sampling, text, training
-from sde_lib.config import get_sde
-from sde_lib.data import data_dims, load_labels, load_split
+from sde_lib import conditioning, sampling, training
+from sde_lib.data import load_split
 from sde_lib.guidance import classifier_free
 from sde_lib.likelihood import bits_per_dim, log_likelihood
 from sde_lib.parameterization import noise_conditioning
+from sde_lib.runs.assemble import Assembly, assemble
+from sde_lib.runs.checkpoints import restore
+from sde_lib.runs.folder import RunFolder
 from sde_lib.sdes import SDE
+from sde_lib.training import to_host
 
 PARAMS = ("ema", "raw")
-
-
-def to_host(x) -> np.ndarray:
-    """A replicated (or process-local) array as NumPy, also when other processes hold copies."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
-    return np.asarray(x)
-
-
-def abstract_state(config):
-    """``(graphdef, abstract TrainState)`` of ``config`` on this process's first device: a restore target."""
-    optimizer = training.make_optimizer(config.optim, config.training.n_iters)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: training.build_model(config, nnx.Rngs(0))), nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          jax.eval_shape(lambda: training.init_train_state(config, optimizer)[1]))
-    return graphdef, target
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-    """Every step with a committed checkpoint in ``workdir`` (snapshots and preemption copies), ascending."""
-    checkpoints = ckpt_lib.Checkpointer(workdir, read_only=True)
-    try:
-        return sorted({s for s, _ in checkpoints.steps()})
-    finally:
-        checkpoints.close()
 
 
 @dataclasses.dataclass
@@ -67,19 +42,43 @@ class Run:
     """A run's config, SDE and one checkpoint's parameters, with sampling and bits/dim.
 
     Attributes:
-      workdir: the run directory; config: its recorded config; step: the checkpoint's step;
-      params: ``"ema"`` or ``"raw"`` (which parameters ``score_fn`` uses); graphdef, state: the network
-      structure and the restored ``TrainState``.
+      folder: the run folder (read-only); assembly: the run's parts (condition kind and encoder, first
+      stage, network structure); step: the checkpoint's step; params: ``"ema"`` or ``"raw"`` (which
+      parameters ``score_fn`` uses); state: the restored ``TrainState``.
     """
 
-    workdir: str
-    config: Any
+    folder: RunFolder
+    assembly: Assembly
     step: int
     params: str
-    graphdef: Any
     state: Any
-    first_stage: Any = None  # latent runs: the frozen autoencoder (sde_lib.latent.FirstStage)
-    tokenizer: Any = None  # caption and layout runs
+
+    @property
+    def workdir(self) -> str:
+        return self.folder.given
+
+    @property
+    def config(self):
+        return self.assembly.config
+
+    @property
+    def graphdef(self):
+        return self.assembly.graphdef
+
+    @property
+    def first_stage(self):
+        """Latent runs: the frozen autoencoder (:class:`sde_lib.latent.FirstStage`); else None."""
+        return self.assembly.first_stage
+
+    @property
+    def kind(self) -> conditioning.ConditionKind | None:
+        """The condition kind (None: unconditional)."""
+        return self.assembly.kind
+
+    @property
+    def encoder(self):
+        """The condition kind's encoder (a caption or layout tokenizer), or None."""
+        return self.assembly.encoder
 
     @property
     def objective(self) -> str:
@@ -87,17 +86,17 @@ class Run:
 
     @property
     def sde(self) -> SDE:
-        return get_sde(self.config)
+        return self.assembly.sde
 
     @property
     def dims(self) -> tuple[int, ...]:
         """Shape of one example in data space, e.g. ``(8, 8, 1)``."""
-        return tuple(data_dims(self.config.data))
+        return self.assembly.dims
 
     @property
     def model_dims(self) -> tuple[int, ...]:
         """Shape of one example the score network sees: ``dims``, or the latents of a latent run."""
-        return self.dims if self.first_stage is None else self.first_stage.latent_dims(self.dims)
+        return self.assembly.model_dims
 
     @property
     def network_params(self):
@@ -105,10 +104,10 @@ class Run:
 
     @property
     def score_fn(self):
-        """``score_fn(x, t)`` of the chosen parameters (a pytree: parameters traced, not baked in); for a
-        latent run, the score of the scaled latents."""
+        """``score_fn(x, t)`` of the chosen parameters (a pytree: parameters traced, not baked in);
+        ``score_fn(x, t, cond)`` for a conditional run; for a latent run, the score of the scaled latents."""
         self._require("score")
-        return training.score_fn(self.config, self.graphdef, self.network_params)
+        return self.assembly.score_fn(self.network_params)
 
     @property
     def log_prob_fn(self):
@@ -147,61 +146,57 @@ class Run:
 
     @property
     def num_classes(self) -> int:
-        """Classes of a class-conditional run (0: unconditional)."""
-        return int(self.config.model.get("num_classes", 0))
+        """Classes of a label-conditioned run or a classifier (0 otherwise)."""
+        return int(self.config.model.num_classes)
 
     @property
     def null_cond(self):
         """The null condition of a conditional run (the unconditional branch of classifier-free guidance)."""
-        null = conditioning.null_condition(self.config, self.tokenizer)
-        if null is None:
+        if self.kind is None:
             raise ValueError(f"{self.workdir} is an unconditional run")
-        return null
+        return self.assembly.null_cond
 
-    def prompt_cond(self, prompts, n: int) -> dict:
-        """``{"tokens": (n, L)}`` of one caption or ``n`` captions (caption runs). Unknown words map to the
-        unknown token and are reported in a warning; a prompt longer than the model's context is an error."""
-        if self.config.model.context != "caption":
-            raise ValueError(f"{self.workdir} is not conditioned on captions (config.model.context="
-                             f"{self.config.model.context!r})")
-        prompts = [prompts] * int(n) if isinstance(prompts, str) else list(prompts)
-        if len(prompts) != int(n):
-            raise ValueError(f"{len(prompts)} prompts for {n} samples")
-        ids, unknown = self.tokenizer.encode_batch(prompts)
-        if unknown:
-            warnings.warn(f"words outside the vocabulary of {self.workdir} (read as unknown): {unknown}", stacklevel=2)
-        return {"tokens": jax.numpy.asarray(ids)}
+    def condition(self, value, n: int) -> dict:
+        """The network's ``cond`` ``{input: (n, ...)}`` of what a user gives for this run's condition kind: one
+        value for all rows or ``n`` values (a class, a caption, boxes ``(k, 5)``, ...; see the kind's
+        ``user_arg``). Errors name the value; a caption's unknown words are read as unknown, with a warning."""
+        if self.kind is None:
+            raise ValueError(f"{self.workdir} is unconditional: it takes no condition (config.condition.kind='none')")
+        return self.assembly.user_condition(value, n)
 
-    def layout_cond(self, layouts, n: int) -> dict:
-        """``{"tokens": (n, L)}`` of one layout (boxes ``(k, 5)``: class, x0, y0, x1, y1) or ``n`` layouts."""
-        if self.config.model.context != "layout":
-            raise ValueError(f"{self.workdir} is not conditioned on layouts (config.model.context="
-                             f"{self.config.model.context!r})")
-        boxes = np.asarray(layouts, np.float64)
-        boxes = np.broadcast_to(boxes, (int(n), *boxes.shape)) if boxes.ndim == 2 else boxes
-        return {"tokens": jax.numpy.asarray(self.tokenizer.encode_batch(boxes))}
+    def _null_rows(self, n: int) -> dict:
+        """The null condition repeated for ``n`` rows."""
+        return jax.tree.map(lambda a: jax.numpy.broadcast_to(a, (int(n), *np.shape(a))), self.null_cond)
 
-    def label_cond(self, label, n: int) -> dict:
-        """``{"label": (n,)}`` from one class or ``n`` classes, checked against the run's classes."""
-        labels = np.broadcast_to(np.asarray(label), (int(n),)).astype(np.int32)
-        if not self.num_classes:
-            raise ValueError(f"{self.workdir} is unconditional: it takes no label (config.model.num_classes=0)")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must be in 0..{self.num_classes - 1}, got {sorted(set(labels.tolist()))}")
-        return {"label": jax.numpy.asarray(labels)}
+    def _user_condition(self, n: int, condition, options: dict):
+        """The ``cond`` of ``sample``'s condition keywords (``condition=`` or the kind's own, e.g. ``label=``)."""
+        by_arg = conditioning.by_user_arg()
+        given = {k: options.pop(k) for k in list(options) if k in by_arg}
+        if condition is not None:
+            given["condition"] = condition
+        given = {k: v for k, v in given.items() if v is not None}
+        if len(given) > 1:
+            raise ValueError(f"give one condition, got {', '.join(sorted(given))}")
+        if not given:
+            return None
+        (arg, value), = given.items()
+        if self.kind is None or (arg != "condition" and by_arg[arg] is not self.kind):
+            takes = "no condition" if self.kind is None else f"{self.kind.user_arg}= ({self.kind.name})"
+            raise ValueError(f"{arg}= does not apply to {self.workdir}: it takes {takes}")
+        return self.condition(value, n)
 
     def sample(self, key: jax.Array, n: int, sampler: str | None = None, steps: int | None = None, *,
-               label=None, prompt=None, layout=None, guidance: float | None = None, cond=None,
-               eps: float | None = None, denoise: bool | None = None, x_init=None, decode: bool = True,
-               **options):
+               condition=None, guidance: float | None = None, cond=None, eps: float | None = None,
+               denoise: bool | None = None, x_init=None, decode: bool = True, **options):
         """``n`` samples ``(n, *dims)`` in data space and ``info`` (see :func:`sde_lib.sampling.sample`).
 
         ``sampler``, ``steps``, ``eps``, ``denoise`` and the sampler's options default to the run's
         ``config.sampling`` (its ``options`` apply when the sampler is the config's own). Conditional
-        runs take ``label`` (one class or ``(n,)``), ``prompt`` (a caption or ``n``), ``layout`` (boxes)
-        or a ``cond`` dict, and ``guidance`` w: classifier-free guidance s_u + w (s_c - s_u) against the
-        null condition (None: the conditional model itself); without a condition a conditional run
-        samples its unconditional branch. A latent run samples latents and returns decoded images
+        runs take their condition kind's keyword (``label=3``, ``prompt="a 3 left of a 7"``,
+        ``layout=boxes``, ``cond_image=...``; one value or ``n``), or ``condition=`` the same, or a ready
+        ``cond`` dict of network inputs; and ``guidance`` w: classifier-free guidance s_u + w (s_c - s_u)
+        against the null condition (None: the conditional model itself). Without a condition a conditional
+        run samples its unconditional branch. A latent run samples latents and returns decoded images
         (``decode=False``: the scaled latents).
         """
         self._require("score")
@@ -210,19 +205,16 @@ class Run:
             raise ValueError(f"n must be >= 1, got {n}")
         if steps is not None and int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        given = [c for c in (label, prompt, layout, cond) if c is not None]
-        if len(given) > 1:
-            raise ValueError("give one of label, prompt, layout or cond")
-        if label is not None:
-            cond = self.label_cond(label, n)
-        elif prompt is not None:
-            cond = self.prompt_cond(prompt, n)
-        elif layout is not None:
-            cond = self.layout_cond(layout, n)
+        user = self._user_condition(n, condition, options)
+        if user is not None and cond is not None:
+            raise ValueError("give one condition: a cond dict or the run's condition keyword, not both")
+        cond = user if cond is None else cond
+        if guidance is not None and cond is None:
+            raise ValueError("guidance needs a condition to guide towards (the run's condition keyword, or cond=)")
+        if cond is None and self.kind is not None:
+            cond = self._null_rows(n)  # the unconditional branch
         score = self.score_fn
         if guidance is not None:
-            if cond is None:
-                raise ValueError("guidance needs a condition (label or cond)")
             score = classifier_free(score, self.null_cond, float(guidance))
         name = sampler or s.sampler
         opts = {**(dict(s.options) if name == s.sampler else {}), **options}
@@ -241,8 +233,8 @@ class Run:
             trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None, conditional: bool = False) -> dict:
         """Bits/dim (discrete data) or nats/dim (continuous data) of the PF-ODE model on ``split``.
 
-        ``conditional``: of a class-conditional run, log p(x | y) with each example's own label
-        (otherwise the unconditional branch, log p(x)).
+        ``conditional``: of a conditional run, log p(x | c) with each example's own condition (otherwise
+        the unconditional branch, log p(x)).
 
         Uses the first ``num`` examples (default ``config.eval.num_samples``) of ``split`` (default
         ``config.eval.split``) and, for discrete data, ``n_dequant`` uniform dequantisation draws (default
@@ -258,7 +250,11 @@ class Run:
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         data = load_split(d, split)[: int(num or e.num_samples)]
-        cond = self.label_cond(load_labels(d, split)[: len(data)], len(data)) if conditional else None
+        if conditional and self.kind is None:
+            raise ValueError(f"{self.workdir} is unconditional: conditional=True needs a conditional run")
+        cond = None if self.kind is None else self._null_rows(len(data))
+        if conditional:
+            cond = {k: jax.numpy.asarray(v[: len(data)]) for k, v in self.assembly.condition_arrays(split).items()}
         batch_size = int(batch_size or e.batch_size)
         start = time.perf_counter()
         key = jax.random.PRNGKey(seed)
@@ -297,48 +293,24 @@ class NoisyClassifier(eqx.Module):
         return jax.numpy.take_along_axis(log_p, cond["label"][:, None], axis=1)[:, 0]
 
 
-def _tokenizer(config, workdir: str):
-    """A caption run's saved vocabulary (checked against the data's), or a layout run's tokenizer."""
-    tok = conditioning.tokenizer_for(config)
-    if isinstance(tok, text.WordTokenizer) and os.path.isfile(os.path.join(workdir, text.VOCAB_FILE)):
-        saved = text.WordTokenizer.load(workdir)
-        if saved.words != tok.words:
-            raise ValueError(f"{workdir}: vocab.json differs from the vocabulary of its data's captions")
-        return saved
-    return tok
-
-
 def load_run(workdir: str, step: int | None = None, params: str = "ema", *, warn: bool = True) -> Run:
     """Load ``workdir``'s newest checkpoint (or ``step``) for inference; read-only.
 
     Args:
-      workdir: a training run directory (``config.json`` and checkpoints).
+      workdir: a training run folder (``config.json`` and checkpoints).
       step: a checkpoint step; None for the newest readable one.
       params: ``"ema"`` (default) or ``"raw"``: the parameters ``score_fn`` and ``sample`` use.
       warn: warn (once) when the EMA is young for its horizon (see :meth:`Run.ema_horizon_warning`).
 
     Raises one-line errors for a missing folder or config, a run without checkpoints, an unknown step,
-    and a checkpoint that does not fit the recorded config (:class:`sde_lib.checkpoint.CheckpointMismatch`).
+    and a checkpoint that does not fit the recorded config (:class:`sde_lib.errors.CheckpointMismatch`).
     """
-    from sde_lib.config import validate_config
-
     if params not in PARAMS:
         raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
-    config = validate_config(ckpt_lib.read_config(workdir))
-    graphdef, target = abstract_state(config)
-    checkpoints = ckpt_lib.Checkpointer(workdir, async_writes=False, read_only=True)
-    try:
-        if step is None:
-            state, step = checkpoints.restore_latest(target)
-            if state is None:
-                raise FileNotFoundError(f"{workdir}: no checkpoint to load (has it trained a snapshot yet?)")
-        else:
-            state = checkpoints.restore(int(step), target)
-    finally:
-        checkpoints.close()
-    run = Run(workdir, config, int(step), params, graphdef, state,
-              first_stage=latent.first_stage_of(config, workdir) if config.first_stage.workdir else None,
-              tokenizer=_tokenizer(config, workdir))
+    folder = RunFolder(workdir)
+    assembly = assemble(folder.read_config(), folder)
+    state, step = restore(folder, assembly.target, step)
+    run = Run(folder, assembly, step, params, state)
     message = run.ema_horizon_warning() if warn else None
     if message:
         warnings.warn(message, stacklevel=2)

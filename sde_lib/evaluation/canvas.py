@@ -58,11 +58,15 @@ def prompt_sets(name: str, n_prompts: int, seed: int = 0) -> dict[str, list[tupl
 
 
 def _condition(run, items, per_prompt: int):
-    context = run.config.model.context
-    if context == "caption":
-        return {"prompt": [c for c, _ in items for _ in range(per_prompt)]}
-    if context == "layout":
-        return {"layout": np.repeat(np.stack([lay for _, lay in items]), per_prompt, axis=0)}
+    """``Run.sample``'s condition keyword for ``items`` [(caption, layout)]: captions for a caption run,
+    boxes for a layout run, nothing for an unconditional one."""
+    kind = None if run.kind is None else run.kind.name
+    if kind == "caption":
+        return {"condition": [c for c, _ in items for _ in range(per_prompt)]}
+    if kind == "layout":
+        return {"condition": np.repeat(np.stack([lay for _, lay in items]), per_prompt, axis=0)}
+    if kind is not None:
+        raise ValueError(f"{run.workdir}: canvas prompts need a caption or layout run, not condition.kind={kind!r}")
     return {}
 
 

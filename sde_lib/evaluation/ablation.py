@@ -42,9 +42,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib import report, sampling
+from tqdm.auto import tqdm
+
+from sde_lib import sampling
+from sde_lib.data import toy
+from sde_lib.evaluation import report
+from sde_lib.metrics import evaluate_samples, get_classifier
 from sde_lib.metrics.distances import random_directions, sliced_wasserstein_projected
+from sde_lib.metrics.reference import LABELLED, image_spec, real_sets
 from sde_lib.oracle import GaussianMixture, builtin_mixture
+from sde_lib.runs import load_run
 from sde_lib.sdes import SDE, sde_class
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -117,10 +124,6 @@ def workdir_source(workdir: str, step: int | None = None, params: str = "ema") -
     ``exact_samples`` / ``log_prob`` unset (data-space metrics then read NaN). Read-only (``load_run``);
     warns when the run is young for its EMA.
     """
-    from sde_lib.data import toy
-    from sde_lib.metrics.reference import LABELLED
-    from sde_lib.runs import load_run
-
     if not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} is not a directory")
     run = load_run(workdir, step, params)
@@ -251,8 +254,6 @@ def run_ablation(source: Source, samplers: Sequence[str] | None = None,
     accuracy and the FD / KID / precision / recall floors. Metrics a source cannot provide are NaN.
     ``cache_dir``: the feature classifier's cache folder (image sources).
     """
-    from tqdm.auto import tqdm
-
     samplers = list(default_samplers() if samplers is None else samplers)
     plan = make_plan(samplers, budgets, tolerances)
     if int(n) < 2:
@@ -315,9 +316,6 @@ def _image_metrics(source: Source, n: int, seed: int, meta: dict, cache_dir: str
     nan = float("nan")
     if source.data_cfg is None:
         return lambda x: {k: nan for k in ("fd", "fd_err", "kid", "kid_err", "precision", "recall")}
-    from sde_lib.metrics import evaluate_samples, get_classifier
-    from sde_lib.metrics.reference import image_spec, real_sets
-
     clf = get_classifier(source.data_cfg, cache_dir=cache_dir)
     sets = real_sets(image_spec(source.data_cfg))
     m = min(n, len(sets.test), len(sets.held))

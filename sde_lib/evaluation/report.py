@@ -63,7 +63,7 @@ class Panel:
 
 def plot_panels(path: str, panels: Sequence[Panel], title: str | None = None, legend_panel: int = 0) -> None:
     """Panels side by side, one colour per series label (shared across panels), saved to ``path``."""
-    import matplotlib
+    import matplotlib  # lazily: matplotlib's import costs a second; only reports with plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,4 +1,4 @@
-"""Tokenizers for conditioning on captions and layouts (token ids for ``models.attention.TokenEncoder``).
+"""Tokenizers of the caption and layout kinds (token ids for ``models.attention.TokenEncoder``).
 
 Both map a condition to a fixed-length ``(max_len,)`` int32 sequence that starts with ``BOS`` and is
 padded with ``PAD`` (0): the beginning token makes every sequence non-empty, so the empty caption
@@ -6,23 +6,21 @@ padded with ``PAD`` (0): the beginning token makes every sequence non-empty, so 
 a key to attend to.
 
 * :class:`WordTokenizer`: lower-case words split on white space; the vocabulary is built from the
-  training captions (sorted, so it is a function of the data) and saved in the run directory as
-  ``vocab.json``; unknown words map to ``UNK`` and are reported; a caption longer than ``max_len - 1``
+  training captions (sorted, so it is a function of the data) and saved with the run (``state()``, the
+  run folder's ``vocab.json``); unknown words map to ``UNK`` and are reported; a caption longer than ``max_len - 1``
   words is an error (never silently truncated).
 * :class:`LayoutTokenizer`: LDM's layout2img tokens: per box (class, x0, y0, x1, y1) with the
   coordinates quantised to ``bins`` levels; a fixed vocabulary of specials, classes and coordinate bins.
+
+Both give ``state()``, a JSON-able dict with a ``"kind"`` field, and ``from_state(state)``.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 
 PAD, BOS, UNK = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<unk>")
-VOCAB_FILE = "vocab.json"
 
 
 class WordTokenizer:
@@ -69,22 +67,14 @@ class WordTokenizer:
         """The empty caption: ``BOS`` then padding."""
         return self.encode("")[0]
 
-    def save(self, workdir: str) -> str:
-        path = os.path.join(workdir, VOCAB_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"kind": "words", "words": list(self.words), "max_len": self.max_len}, f, indent=1)
-        os.replace(path + ".tmp", path)
-        return path
+    def state(self) -> dict:
+        return {"kind": "words", "words": list(self.words), "max_len": self.max_len}
 
     @classmethod
-    def load(cls, workdir: str) -> "WordTokenizer":
-        path = os.path.join(workdir, VOCAB_FILE)
-        try:
-            with open(path) as f:
-                raw = json.load(f)
-            return cls(raw["words"], raw["max_len"])
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{path}: cannot read the run's vocabulary ({err})") from None
+    def from_state(cls, state: dict) -> "WordTokenizer":
+        if state.get("kind") != "words":
+            raise ValueError(f"not a word tokenizer's state (kind {state.get('kind')!r})")
+        return cls(state["words"], state["max_len"])
 
 
 class LayoutTokenizer:
@@ -115,10 +105,27 @@ class LayoutTokenizer:
         return ids
 
     def encode_batch(self, layouts) -> np.ndarray:
-        return np.stack([self.encode(b) for b in layouts])
+        return np.stack([self.encode(b) for b in layouts]) if len(layouts) else np.zeros((0, self.max_len), np.int32)
+
+    def pad(self, boxes) -> np.ndarray:
+        """``boxes`` ``(k, 5)`` with ``k <= max_objects`` as ``(max_objects, 5)``: absent boxes have class -1."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+        boxes = boxes[boxes[:, 0] >= 0]
+        if len(boxes) > self.max_objects:
+            raise ValueError(f"a layout holds at most {self.max_objects} boxes, got {len(boxes)}")
+        return np.concatenate([boxes, np.full((self.max_objects - len(boxes), 5), -1.0)])
 
     def null(self) -> np.ndarray:
         return self.encode(np.zeros((0, 5)))
+
+    def state(self) -> dict:
+        return {"kind": "layout", "num_classes": self.num_classes, "max_objects": self.max_objects, "bins": self.bins}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LayoutTokenizer":
+        if state.get("kind") != "layout":
+            raise ValueError(f"not a layout tokenizer's state (kind {state.get('kind')!r})")
+        return cls(state["num_classes"], state["max_objects"], state["bins"])
 
 
 def parse_layout(text: str) -> np.ndarray:

@@ -25,6 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tqdm.auto import tqdm
+
+from sde_lib.evaluation import ablation
+from sde_lib.metrics import evaluate_samples, get_classifier
 from sde_lib.sampling import api, registry
 from sde_lib.sampling.calibration import OBJECTIVES, calibrate, teacher_solve
 from sde_lib.sampling.grids import TIME_GRIDS, time_grid
@@ -85,10 +89,6 @@ def run_study(source, candidates: Sequence[Candidate], budgets: Sequence[int], *
     ``external[label](x_init, nfe) -> x`` are measured beside ours on the same draws (kind "external").
     ``image_metrics=False`` skips FD / KID of image sources (endpoint errors only).
     """
-    from tqdm.auto import tqdm
-
-    from sde_lib import ablation
-
     bad = [g for g in grids if g not in TIME_GRIDS]
     if bad:
         raise ValueError(f"grids: unknown {bad}; choose from {TIME_GRIDS}")
@@ -149,8 +149,6 @@ def _image_metrics(source, n: int, seed: int, cache_dir: str | None):
     """``x -> {fd, fd_err, kid, kid_err}`` for labelled image sources, ``x -> {}`` otherwise."""
     if source.data_cfg is None:
         return lambda x: {}
-    from sde_lib.metrics import evaluate_samples, get_classifier
-
     clf = get_classifier(source.data_cfg, cache_dir=cache_dir)
 
     def compute(x):

@@ -20,9 +20,11 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sde_lib import report
-from sde_lib.metrics import METRICS, evaluate_samples, get_classifier
-from sde_lib.runs import checkpoint_steps, load_run
+from tqdm.auto import tqdm
+
+from sde_lib.evaluation import report
+from sde_lib.metrics import METRICS, evaluate_samples, get_classifier, reference
+from sde_lib.runs import RunFolder, checkpoint_steps, load_run
 
 # Printed and plotted columns; every metric also carries ``_err``, ``_floor`` and ``_floor_err``.
 PLOTTED = ("fd", "kid", "precision", "recall", "swd", "memorisation", "bpd")
@@ -45,19 +47,15 @@ def evaluate_checkpoints(workdir: str, steps: Sequence[int] | None = None, *, sa
       rows: ``step``, ``sampler``, ``steps``, ``nfe``, ``sample_seconds``, the flat dict of
       :func:`sde_lib.metrics.evaluate_samples` and, with ``bpd``, ``bpd``, ``bpd_err``, ``bpd_nfe``.
     """
-    from tqdm.auto import tqdm
-
-    from sde_lib.checkpoint import read_config
-    from sde_lib.metrics import reference
-
-    available = checkpoint_steps(workdir)
+    folder = RunFolder(workdir)
+    available = checkpoint_steps(folder)
     if not available:
         raise FileNotFoundError(f"{workdir}: no checkpoints (is it a training workdir?)")
     steps = available if steps is None else [int(s) for s in steps]
     missing = sorted(set(steps) - set(available))
     if missing:
         raise ValueError(f"{workdir}: no checkpoint of step(s) {missing}; available: {available}")
-    config = read_config(workdir)
+    config = folder.read_config()
     clf = get_classifier(config.data, cache_dir=cache_dir)
     sets = reference.real_sets(reference.image_spec(config.data))
     n_max = min(len(sets.test), len(sets.held))
