@@ -15,14 +15,13 @@ split's size, e.g. 360 for digits). Bad input ends with a one-line error.
 
 from __future__ import annotations
 
-import argparse
 
 from sde_lib import cli
 from sde_lib.evaluation import ablation, report
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--mixture", default="ring2d", help="built-in mixture name or a .json mixture file")
     src.add_argument("--workdir", default=None, help="training run directory (its EMA network is the source)")

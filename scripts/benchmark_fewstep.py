@@ -18,7 +18,6 @@ Outputs: ``fewstep.{csv,md,json}`` in ``--out`` (never overwritten without ``--o
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import itertools
 import os
@@ -96,8 +95,8 @@ def official_methods(path: str, source) -> dict:
     return methods
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--mixture", default="ring2d", help="built-in mixture name or a .json mixture file")
     src.add_argument("--workdir", default=None, help="training run directory (its EMA network is the source)")

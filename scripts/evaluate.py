@@ -1,6 +1,6 @@
-"""Evaluate a score model. Modes: ``likelihood`` (bits/dim through the PF-ODE) and ``metrics``.
+"""Evaluate a score model: ``--likelihood`` (bits/dim through the PF-ODE) or ``--metrics``.
 
-Mode ``metrics`` (also spelled ``--metrics``): sample-quality metrics (Fréchet distance, KID,
+``--metrics``: sample-quality metrics (Fréchet distance, KID,
 precision / recall in a cached classifier's feature space, sliced Wasserstein, memorisation; each with
 its real-vs-real floor) and test bits/dim of one or all checkpoints of a training run, as a table and
 a plot against training step (``sde_lib.evaluation.checkpoints``); default ``--out`` out/eval_metrics/<run>:
@@ -8,15 +8,15 @@ a plot against training step (``sde_lib.evaluation.checkpoints``); default ``--o
     .venv/bin/python scripts/evaluate.py --metrics --workdir runs/quickstart [--checkpoints 1000,2500] \
         [--sampler dpm_solver_pp_3m --steps 20] [--num 360] [--no_bpd] [--out DIR]
 
-Mode ``likelihood``, of a trained run (``--workdir DIR``: its EMA parameters, config and test split;
+``--likelihood``, of a trained run (``--workdir DIR``: its EMA parameters, config and test split;
 ``--split``, ``--n``, ``--n_dequant``, ``--trace`` and ``--seed`` apply): bits/dim of discrete data, or
 nats/dim of continuous data (the toy configs, whose exact density is printed beside it):
 
-    .venv/bin/python scripts/evaluate.py likelihood --workdir runs/quickstart --trace exact
+    .venv/bin/python scripts/evaluate.py --likelihood --workdir runs/quickstart --trace exact
 
 or of a built-in Gaussian mixture's exact score under ``--sde`` (without ``--workdir``):
 
-    .venv/bin/python scripts/evaluate.py likelihood --mixture gauss16d --data mixture --n 512 \\
+    .venv/bin/python scripts/evaluate.py --likelihood --mixture gauss16d --data mixture --n 512 \\
         --levels 256 --scale=-3,3 --n_dequant 4 --out out/eval_likelihood
 
 Data: ``--data mixture`` draws ``--n`` points of the same mixture and quantises them to ``--levels`` bins
@@ -27,10 +27,8 @@ are only read; existing outputs are kept unless ``--overwrite``. Bad input ends 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import time
 
 import jax
@@ -118,8 +116,7 @@ def likelihood_of_workdir(a):
         raise ValueError(f"workdir {a.workdir!r} not found")
     report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     run = load_run(a.workdir)
-    fields = run.bpd(split=a.split, num=a.n if a.n_given else None,
-                     n_dequant=a.n_dequant if a.n_dequant_given else None, trace=a.trace, seed=a.seed)
+    fields = run.bpd(split=a.split, num=a.n, n_dequant=a.n_dequant, trace=a.trace, seed=a.seed)
     fields["model"] = f"workdir:{a.workdir}"
     d = run.config.data
     if "nats_per_dim" in fields:
@@ -138,10 +135,11 @@ def likelihood_of_workdir(a):
 
 def likelihood(a):
     for name in ("n", "n_dequant", "n_probes", "batch_size"):
-        if getattr(a, name) < 1:
+        if getattr(a, name) is not None and getattr(a, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.workdir:
         return likelihood_of_workdir(a)
+    a.n, a.n_dequant = a.n or 512, a.n_dequant or 4
     report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     sde, score_fn, data, source = build(a)
     t0 = time.perf_counter()
@@ -180,30 +178,34 @@ def metrics(a):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="mode", required=True)
-    m = sub.add_parser("metrics", help="sample metrics and bits/dim of a run's checkpoints against step")
-    m.add_argument("--workdir", required=True, help="a training run directory")
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--metrics", action="store_true", help="sample metrics and bits/dim of a run's checkpoints")
+    mode.add_argument("--likelihood", action="store_true", help="bits/dim through the PF-ODE (a run, or the oracle)")
+    p.add_argument("--workdir", default=None, help="a training run directory (--likelihood without it: the oracle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: out/eval_metrics/<run name> or out/eval_likelihood")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    m = p.add_argument_group("--metrics")
     m.add_argument("--checkpoints", default="all", help="'all', 'latest' or comma-separated steps")
     m.add_argument("--sampler", default=None, help="default: the run's config.sampling.sampler")
     m.add_argument("--steps", type=int, default=None, help="sampler steps (default: config.sampling.steps)")
     m.add_argument("--num", type=int, default=None, help="samples per checkpoint (default: the real sets' size)")
     m.add_argument("--no_bpd", action="store_true", help="skip the bits/dim column")
-    m.add_argument("--bpd_num", type=int, default=None, help="test examples for bits/dim (default config.eval.num_samples)")
+    m.add_argument("--bpd_num", type=int, default=None, help="test examples for bits/dim (default "
+                   "config.eval.num_samples)")
     m.add_argument("--cache_dir", default=None, help="feature-classifier cache folder")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", default=None, help="default: out/eval_metrics/<run name>")
-    m.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    q = sub.add_parser("likelihood", help="bits/dim of discrete data through the PF-ODE")
-    q.add_argument("--workdir", default=None, help="a training run directory (default: the --mixture oracle)")
+    q = p.add_argument_group("--likelihood")
     q.add_argument("--mixture", default="gauss16d", help="built-in mixture of the oracle model")
     q.add_argument("--sde", default="vp", choices=SDE_CHOICES)
     q.add_argument("--data", default="mixture", help="'mixture' or a .npz file of integer levels")
-    q.add_argument("--split", default=None, help="array name inside the .npz file")
-    q.add_argument("--n", type=int, default=512, help="examples drawn for --data mixture")
+    q.add_argument("--split", default=None, help="a run's split, or the array name inside the .npz file")
+    q.add_argument("--n", type=int, default=None, help="examples (default: 512 draws of --data mixture; a run's "
+                   "config.eval.num_samples)")
     q.add_argument("--levels", type=int, default=256)
     q.add_argument("--scale", default="0,1", help="'lo,hi': the range the levels tile in model space")
-    q.add_argument("--n_dequant", type=int, default=4)
+    q.add_argument("--n_dequant", type=int, default=None, help="dequantisation draws (default: 4; a run's "
+                   "config.eval.bpd_num_repeats)")
     q.add_argument("--trace", default="hutchinson", choices=list(L.TRACES))
     q.add_argument("--probe", default="rademacher", choices=list(L.PROBES))
     q.add_argument("--n_probes", type=int, default=1)
@@ -212,21 +214,19 @@ def parser():
     q.add_argument("--atol", type=float, default=1e-5)
     q.add_argument("--eps", type=float, default=1e-5)
     q.add_argument("--batch_size", type=int, default=256)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", default="out/eval_likelihood")
-    q.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--metrics" in argv:  # the flag spelling of the metrics mode
-        argv = ["metrics"] + [v for v in argv if v != "--metrics"]
     a = parser().parse_args(argv)
-    a.n_given = any(x.startswith("--n=") or x == "--n" for x in argv)
-    a.n_dequant_given = any(x.startswith("--n_dequant") for x in argv)
     with cli.exit_on_user_error():
-        {"likelihood": likelihood, "metrics": metrics}[a.mode](a)
+        if a.metrics:
+            if a.workdir is None:
+                raise ValueError("--metrics needs --workdir (a training run)")
+            metrics(a)
+        else:
+            a.out = a.out or "out/eval_likelihood"
+            likelihood(a)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ canvas.png (a labelled grid per run) into --out; existing files are kept unless 
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
@@ -25,8 +24,8 @@ from sde_lib.evaluation import report
 from sde_lib.data import to_uint8
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdirs", required=True, help="comma-separated canvas runs (score runs)")
     p.add_argument("--guidance", default="3", help="classifier-free guidance scales (first run)")
     p.add_argument("--samplers", default="dpm_solver_pp_3m", help="samplers (first run)")

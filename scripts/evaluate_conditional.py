@@ -24,7 +24,6 @@ scales side by side) into ``--out``; existing files are kept unless ``--overwrit
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -34,8 +33,8 @@ from sde_lib.evaluation import conditional as conditional_eval
 from sde_lib.evaluation import report
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a class-conditional score run")
     p.add_argument("--classifier", default=None, help="a noise-conditional classifier run (classifier guidance)")
     p.add_argument("--guidance", default="0,1,1.5,2,3,5", help="classifier-free guidance scales")

@@ -20,7 +20,6 @@ Writes oracle_inpainting.{md,csv,json} into ``--out`` (kept unless ``--overwrite
 
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +57,7 @@ def _shares(x_free, post) -> tuple[list[float], list[float]]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--steps", type=int, default=100, help="reverse steps of every method")
     p.add_argument("--out", default="out/oracle_inpainting")

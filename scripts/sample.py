@@ -23,13 +23,14 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from sde_lib import cli, conditioning, figures
+from sde_lib import cli, conditioning, figures, sampling
 from sde_lib.data import to_uint8
 from sde_lib.evaluation import report
 from sde_lib.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
-_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: config.sampling.sampler).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: config.sampling.sampler): "
+                               + ", ".join(sampling.available_samplers()) + ".")
 _STEPS = flags.DEFINE_integer("steps", None, "Solver steps (default: config.sampling.steps).")
 _NUM = flags.DEFINE_integer("num", None, "Number of samples per condition (default: config.sampling.batch_size).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the prior draws and sampler noise.")

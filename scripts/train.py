@@ -7,6 +7,9 @@ Resuming compares the config with the run's config.json: only lengths, frequenci
 evaluation settings may change (sde_lib.runs.trainer.RESUMABLE); --force resumes with other changes
 anyway, --fork_from=OTHER_RUN starts a new run in --workdir from OTHER_RUN's newest checkpoint.
 
+Every config field, its value and what it does: --show_config (prints and exits; with --config.x=y
+overrides, shows the config they make).
+
 CPU-only machine: --cpu_devices=N (e.g. the number of cores) trains data-parallel over N host devices,
 which keeps every core busy (docs/throughput.md); the batch size must be a multiple of N.
 
@@ -28,6 +31,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Split the host CPU into this many devices and train "
                                     "data-parallel over them (CPU-only machines; e.g. one per core).")
+_SHOW = flags.DEFINE_bool("show_config", False, "Print every config field (this config's value, the default where "
+                          "it differs, and what the field does) and exit without training.")
 flags.mark_flag_as_required("config")
 
 
@@ -37,10 +42,14 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
     from sde_lib import cli  # after flag parsing: jax.distributed must initialise before other JAX use
-
+    from sde_lib.config import describe, validate_config
     from sde_lib.runs import trainer
 
+    cli.plain_log_lines()
     with cli.exit_on_user_error():
+        if _SHOW.value:
+            print(describe(validate_config(_CONFIG.value)))
+            return
         trainer.use_cpu_devices(_CPU_DEVICES.value)
         trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                        _DISTRIBUTED.value)

@@ -1,25 +1,31 @@
 """What the command-line scripts share: one-line errors instead of stack traces.
 
+* :class:`ArgumentParser`: argparse for the scripts that use it, with the same one-line ``error: ...``
+  (argparse prints its usage line before the error);
 * :func:`absl_flags_parser`: parses absl flags (with ``ml_collections`` config files and ``--config.x.y``
   overrides); a missing or broken config file or an unknown field ends in one line, with the closest
   known field names as suggestions.
 * :func:`exit_on_user_error`: runs a script's body and turns the errors a user can cause (bad values,
   missing files, a run folder in use or of another config, a non-finite loss) into ``error: ...`` and
-  exit status 1; warnings print as ``warning: ...`` on one line.
+  exit status 1, and Ctrl-C into one line and status 130; warnings print as ``warning: ...`` on one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
+import logging
 import os
 import runpy
+import signal
 import sys
 import warnings
 
 from absl import flags
+from absl import logging as absl_logging
 
-from sde_lib.errors import USER_ERRORS
+from sde_lib.errors import USER_ERRORS, Interrupted
 
 
 def _config_paths(config, prefix: str = "") -> list[str]:
@@ -55,6 +61,17 @@ def _diagnose(argv: list[str], flag: str = "config") -> str | None:
     return None
 
 
+class _PlainFormatter(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def plain_log_lines() -> None:
+    """Log lines as ``warning: message`` instead of absl's ``W1207 04:01:53.563 file.py:266] message``: the
+    trainer's few lines (resuming, nothing to do, SIGTERM) are for the person at the terminal."""
+    absl_logging.get_absl_handler().setFormatter(_PlainFormatter())
+
+
 def absl_flags_parser(argv: list[str]):
     """absl's flag parsing, with one-line errors (``app.run(main, flags_parser=absl_flags_parser)``)."""
     try:
@@ -78,6 +95,11 @@ def exit_on_user_error():
         yield
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt as err:  # Ctrl-C: one line and the shell's status for SIGINT, never a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C while we exit must not raise again
+        detail = f": {err}" if str(err) else ""
+        print(str(err) if isinstance(err, Interrupted) else f"interrupted (Ctrl-C){detail}", file=sys.stderr)
+        sys.exit(130)
 
 
 def comma_list(text: str, kind, flag: str) -> list:
@@ -86,3 +108,10 @@ def comma_list(text: str, kind, flag: str) -> list:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line, ``error: ...``, exit status 2 (argparse's)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")

@@ -38,119 +38,180 @@ FLOAT_TUPLES = ("model.input_fourier",)  # tuple fields of numbers; every other 
 FREE_GROUPS = ("sampling.options", "condition.options")  # validated by their registries, not the schema
 
 
+class _NoneOf:
+    """The default of a field that may be None (``config_dict.placeholder(kind)``, made anew per config: a
+    placeholder is a shared reference, so one instance in two configs would tie their values)."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def __eq__(self, other):
+        return other is None
+
+
+_NONE_FLOAT, _NONE_STR = _NoneOf(float), _NoneOf(str)
+
+# The schema: every field a config may have, as (default, help), in score_sde's groups with score_sde-like
+# defaults (CIFAR-10-sized DDPM++, VP). ``default_config()`` builds it; ``describe()`` prints it.
+SCHEMA = {
+    "training": {
+        "objective": ("score", "what the run optimises: score | classifier (a noise-conditional classifier, for "
+                               "classifier guidance) | autoencoder (a latent run's first stage)"),
+        "sde": ("vpsde", "the forward SDE: vpsde | subvpsde | vesde"),
+        "continuous": (True, "continuous time t (score_sde's continuous training); False: DDPM / SMLD's N steps"),
+        "weighting": ("sigma2", "loss weight lambda(t): sigma2 (score_sde's sigma_t^2) | likelihood (g^2) | "
+                                "likelihood_is (g^2 with importance-sampled t)"),
+        "reduce_mean": (False, "average the loss over dimensions instead of summing"),
+        "n_iters": (1_300_001, "updates to train to; raising it resumes a finished run"),
+        "batch_size": (128, "global batch (a multiple of the devices)"),
+        "log_freq": (50, "updates between lines of metrics.jsonl"),
+        "eval_freq": (100, "updates between held-out losses"),
+        "snapshot_freq": (50_000, "updates between numbered checkpoints (and samples/step_N.png)"),
+        "snapshot_freq_for_preemption": (10_000, "updates between preemption checkpoints (the last two kept)"),
+        "n_jitted_steps": (1, "updates per compiled call (unrolled)"),
+        "snapshot_sampling": (True, "sample the EMA model at every snapshot"),
+        "eps": (1e-5, "smallest training time"),
+        "cond_drop_prob": (0.1, "conditional runs: share of examples trained on the null condition (for "
+                                "classifier-free guidance)"),
+        "compute_dtype": ("float32", "float32 | bfloat16 (mixed precision: bf16 network; float32 parameters, "
+                                     "optimiser, loss)"),
+        "rec_loss": ("l1", "autoencoder: reconstruction loss, l1 | l2 (summed over pixels)"),
+        "kl_weight": (1e-6, "autoencoder: weight of KL(q(z | x) || N(0, I))"),
+        "perceptual_weight": (0.0, "autoencoder: feature matching in the data set's classifier features"),
+        "disc_weight": (0.0, "autoencoder: patch-GAN generator weight (0: no discriminator)"),
+        "disc_start": (0, "autoencoder: updates before the discriminator joins"),
+    },
+    "sampling": {
+        "sampler": ("pc", "sampler of snapshots and of load_run(...).sample() (scripts/sample.py --help lists them)"),
+        "steps": (1000, "solver steps"),
+        "options": (ml_collections.ConfigDict(), "the sampler's own options, e.g. {'snr': 0.16, 'n_steps': 1} for pc"),
+        "denoise": (True, "finish with a Tweedie denoising step (one more evaluation)"),
+        "eps": (_NONE_FLOAT, "end time; None: the SDE's default (1e-3 VP / sub-VP, 1e-5 VE)"),
+        "batch_size": (64, "samples drawn at a snapshot"),
+    },
+    "eval": {
+        "batch_size": (1024, "batch of held-out losses and bits/dim"),
+        "num_samples": (50_000, "examples of bits/dim (the split's first ones)"),
+        "bpd_num_repeats": (1, "dequantisation draws per example of bits/dim"),
+        "split": ("test", "split of held-out losses and bits/dim: train | test"),
+    },
+    "data": {
+        "dataset": ("cifar10", "toy | digits | fashion_mnist | cifar10 | npz | folder | canvas_digits | "
+                               "canvas_fashion_mnist"),
+        "toy_name": ("mixture", "toy data: mixture | checkerboard | moons | swiss_roll | ring2d | grid2d | gauss16d | "
+                                "gauss64d"),
+        "path": (_NONE_STR, "where the data files are; None: the data set's default location"),
+        "image_size": (32, "image height and width (for vector data: unused)"),
+        "num_channels": (3, "image channels (for vector data: the dimension D)"),
+        "centered": (False, "scale data to [-1, 1] instead of [0, 1]"),
+        "random_flip": (True, "flip training images left-right at random"),
+        "uniform_dequantization": (False, "train on uniformly dequantised data instead of bin centres"),
+        "levels": (256, "grey levels of discrete data; None: continuous data"),
+        "seed": (0, "seed of the data's own train/test split (where a source has none)"),
+    },
+    "model": {
+        "name": ("ddpmpp", "network: mlp | ncsnpp | ddpmpp (U-Nets) | classifier | autoencoder"),
+        "parameterization": ("eps", "network output: score | eps | x0 | v | edm"),
+        "sigma_data": (0.5, "EDM preconditioning: the data's standard deviation"),
+        "beta_min": (0.1, "VP / sub-VP: beta(0)"),
+        "beta_max": (20.0, "VP / sub-VP: beta(1)"),
+        "sigma_min": (0.01, "VE: sigma(0)"),
+        "sigma_max": (50.0, "VE: sigma(1)"),
+        "num_scales": (1000, "N: discrete steps (DDPM / SMLD, ancestral sampling, noise label (N - 1) t)"),
+        "dropout": (0.1, "dropout rate"),
+        "nf": (128, "U-Net / autoencoder: base channels"),
+        "ch_mult": ((1, 2, 2, 2), "U-Net / autoencoder: channel multiplier of each resolution"),
+        "num_res_blocks": (4, "residual blocks per resolution"),
+        "attn_resolutions": ((16,), "resolutions with attention (SpatialTransformers with cross-attention)"),
+        "resblock_type": ("biggan", "U-Net residual block: biggan | ddpm"),
+        "embedding_type": ("positional", "noise embedding: positional | fourier"),
+        "fourier_scale": (16.0, "scale of the Fourier noise embedding"),
+        "skip_rescale": (True, "U-Net: divide skip sums by sqrt(2)"),
+        "init_scale": (0.0, "scale of the last layers' initialisation (0: near zero)"),
+        "resamp_with_conv": (True, "U-Net: convolutions in up- and down-sampling"),
+        "conditional": (True, "U-Net: condition on the noise level"),
+        "progressive_input": ("none", "NCSN++ progressive input: none | input_skip | residual"),
+        "hidden": (128, "MLP / classifier: width"),
+        "n_layers": (3, "MLP / classifier: residual blocks"),
+        "input_fourier": ((), "MLP: angular frequencies of sin/cos input features (VDM); () for none"),
+        "embed_dim": (0, "MLP: width of the noise embedding; 0 = hidden"),
+        "num_classes": (0, "label runs: classes of the class embedding (class num_classes is the null class); "
+                           "classifiers: logits"),
+        "concat_channels": (0, "channels concatenated to the input (condition kinds feeding concat)"),
+        "remat": (False, "U-Net: recompute each level's activations in the backward pass"),
+        "context_pooled": (False, "the bag-of-words baseline: the mean token embedding joins the noise "
+                                  "embedding, no cross-attention"),
+        "context_dim": (64, "width of the token encoder and of the cross-attention context"),
+        "context_len": (12, "tokens per condition (captions: words + 1; layouts: 1 + 5 per box)"),
+        "context_depth": (2, "self-attention blocks of the token encoder"),
+        "transformer_depth": (1, "transformer blocks of each SpatialTransformer"),
+        "num_heads": (4, "attention heads of the SpatialTransformers and the token encoder"),
+        "z_channels": (4, "autoencoder: latent channels"),
+        "mid_attention": (False, "autoencoder: self-attention in the middle blocks"),
+    },
+    "condition": {
+        "kind": ("none", "what the run is conditioned on: none | label | caption | layout | image | a kind "
+                         "registered by condition.plugin"),
+        "plugin": ("", "a Python file or module that registers condition kinds of your own (recorded with the run)"),
+        "options": (ml_collections.ConfigDict(), "the kind's own options, e.g. {'factor': 2} for image"),
+    },
+    "first_stage": {
+        "workdir": ("", "latent diffusion: the autoencoder run folder; '' = diffusion in data space"),
+        "sample_latents": (True, "train on posterior samples (True) or posterior means of the encoder"),
+    },
+    "optim": {
+        "optimizer": ("Adam", "Adam | AdamW"),
+        "lr": (2e-4, "learning rate after warm-up"),
+        "warmup": (5000, "updates of linear learning-rate warm-up"),
+        "schedule": ("constant", "after warm-up: constant | cosine | linear decay to 0 at training.n_iters"),
+        "grad_clip": (1.0, "global-norm gradient clipping; 0 disables it"),
+        "beta1": (0.9, "Adam's beta1"),
+        "eps": (1e-8, "Adam's epsilon"),
+        "weight_decay": (0.0, "AdamW's weight decay"),
+        "ema_rate": (0.9999, "EMA decay of the parameters sampling uses"),
+        "ema_warmup": (True, "EMA decay min(ema_rate, (1 + step) / (10 + step)); runs recorded without it keep False"),
+    },
+    "seed": (42, "the run's seed: initial parameters, training noise, batch order"),
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """The schema: every field a config may have, with score_sde-like defaults (CIFAR-10-sized DDPM++, VP)."""
-    c = ml_collections.ConfigDict()
-    c.training = t = ml_collections.ConfigDict()
-    t.objective = "score"  # score | classifier (noise-conditional, for classifier guidance) | autoencoder
-    t.sde = "vpsde"
-    t.continuous = True
-    t.weighting = "sigma2"  # sigma2: score_sde's lambda = sigma_t^2; likelihood(_is): g^2, optionally importance-sampled t
-    t.reduce_mean = False
-    t.n_iters = 1_300_001
-    t.batch_size = 128
-    t.log_freq = 50
-    t.eval_freq = 100
-    t.snapshot_freq = 50_000
-    t.snapshot_freq_for_preemption = 10_000
-    t.n_jitted_steps = 1
-    t.snapshot_sampling = True
-    t.eps = 1e-5  # smallest training time
-    t.cond_drop_prob = 0.1  # conditional runs: share of examples trained on the null condition (CFG)
-    t.compute_dtype = "float32"  # "bfloat16": mixed precision (bf16 compute; float32 parameters, optimiser, loss)
-    t.rec_loss = "l1"  # autoencoder: reconstruction loss, l1 | l2 (summed over pixels)
-    t.kl_weight = 1e-6  # autoencoder: weight of KL(q(z | x) || N(0, I))
-    t.perceptual_weight = 0.0  # autoencoder: feature matching in the data set's classifier features
-    t.disc_weight = 0.0  # autoencoder: patch-GAN generator weight (0: no discriminator)
-    t.disc_start = 0  # autoencoder: updates before the discriminator joins
+    """The schema (:data:`SCHEMA`): every field a config may have, with its default."""
 
-    c.sampling = s = ml_collections.ConfigDict()
-    s.sampler = "pc"
-    s.steps = 1000
-    s.options = ml_collections.ConfigDict()  # the sampler's own options, e.g. {"snr": 0.16, "n_steps": 1} for pc
-    s.denoise = True
-    s.eps = config_dict.placeholder(float)  # None: the SDE's default end time
-    s.batch_size = 64
+    def build(node):
+        if isinstance(node, dict):
+            c = ml_collections.ConfigDict()
+            for name, value in node.items():
+                c[name] = build(value)
+            return c
+        default = node[0]
+        if isinstance(default, _NoneOf):
+            return config_dict.placeholder(default.kind)
+        return ml_collections.ConfigDict(default) if isinstance(default, ml_collections.ConfigDict) else default
 
-    c.eval = e = ml_collections.ConfigDict()
-    e.batch_size = 1024
-    e.num_samples = 50_000
-    e.bpd_num_repeats = 1
-    e.split = "test"
+    return build(SCHEMA)
 
-    c.data = d = ml_collections.ConfigDict()
-    d.dataset = "cifar10"
-    d.toy_name = "mixture"
-    d.path = config_dict.placeholder(str)  # None: the dataset's default location
-    d.image_size = 32
-    d.num_channels = 3
-    d.centered = False
-    d.random_flip = True
-    d.uniform_dequantization = False
-    d.levels = 256
-    d.seed = 0
 
-    c.model = m = ml_collections.ConfigDict()
-    m.name = "ddpmpp"
-    m.parameterization = "eps"
-    m.sigma_data = 0.5
-    m.beta_min = 0.1
-    m.beta_max = 20.0
-    m.sigma_min = 0.01
-    m.sigma_max = 50.0
-    m.num_scales = 1000
-    m.dropout = 0.1
-    m.nf = 128
-    m.ch_mult = (1, 2, 2, 2)
-    m.num_res_blocks = 4
-    m.attn_resolutions = (16,)
-    m.resblock_type = "biggan"
-    m.embedding_type = "positional"
-    m.fourier_scale = 16.0
-    m.skip_rescale = True
-    m.init_scale = 0.0
-    m.resamp_with_conv = True
-    m.conditional = True
-    m.progressive_input = "none"
-    m.hidden = 128
-    m.n_layers = 3
-    m.input_fourier = ()  # MLP: angular frequencies of sin/cos input features (VDM); () for none
-    m.embed_dim = 0  # MLP: width of the noise embedding; 0 = hidden
-    m.num_classes = 0  # label runs: classes of the class embedding (index num_classes is the null class); classifiers
-    m.concat_channels = 0  # > 0: cond["concat"] channels concatenated to the input (condition kinds feeding concat)
-    m.remat = False  # U-Net: recompute each level's activations in the backward pass (nnx.remat)
-    m.context_pooled = False  # baseline: the mean token embedding added to the noise embedding, no cross-attention
-    m.context_dim = 64  # width of the token encoder and of the context (condition kinds feeding tokens)
-    m.context_len = 12  # tokens per condition (captions: words + 1)
-    m.context_depth = 2  # self-attention blocks of the token encoder
-    m.transformer_depth = 1  # transformer blocks of each SpatialTransformer (at model.attn_resolutions)
-    m.num_heads = 4  # attention heads of the SpatialTransformers and the token encoder
-    m.z_channels = 4  # autoencoder: latent channels
-    m.mid_attention = False  # autoencoder: self-attention in the middle blocks
+def describe(config) -> str:
+    """Every field of ``config`` with its value, the schema's default where it differs, and its help; free
+    groups (``sampling.options``, ``condition.options``) show their contents."""
+    lines = []
 
-    c.condition = cd = ml_collections.ConfigDict()  # what the run is conditioned on (sde_lib.conditioning)
-    cd.kind = "none"  # none | label | caption | layout | image | a kind registered by condition.plugin
-    cd.plugin = ""  # a Python file or module registering condition kinds of your own (recorded with the run)
-    cd.options = ml_collections.ConfigDict()  # the kind's own options, e.g. {"factor": 2} for image
+    def walk(node, schema, prefix):
+        for name, entry in schema.items():
+            field = prefix + name
+            if isinstance(entry, dict):
+                walk(node[name], entry, field + ".")
+                continue
+            value, default = node[name], entry[0]
+            shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            default = default.to_dict() if isinstance(default, ml_collections.ConfigDict) else (
+                None if isinstance(default, _NoneOf) else default)
+            note = "" if shown == default else f"  (default {default!r})"
+            lines.append(f"{field} = {shown!r}{note}\n    {entry[1]}")
 
-    c.first_stage = f = ml_collections.ConfigDict()  # latent diffusion: the frozen autoencoder run
-    f.workdir = ""  # an autoencoder run directory; "" = diffusion in data space
-    f.sample_latents = True  # train on posterior samples (True) or posterior means of the encoder
-
-    c.optim = o = ml_collections.ConfigDict()
-    o.optimizer = "Adam"
-    o.lr = 2e-4
-    o.warmup = 5000
-    o.schedule = "constant"  # after warm-up: constant | cosine | linear decay to 0 at training.n_iters
-    o.grad_clip = 1.0  # global-norm clip; 0 disables clipping
-    o.beta1 = 0.9
-    o.eps = 1e-8
-    o.weight_decay = 0.0
-    o.ema_rate = 0.9999
-    o.ema_warmup = True  # decay min(ema_rate, (1 + step) / (10 + step)); runs recorded without it keep False
-
-    c.seed = 42
-    return c
+    walk(config, SCHEMA, "")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- validation

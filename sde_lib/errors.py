@@ -18,4 +18,8 @@ class CheckpointMismatch(ValueError):
     """A readable checkpoint whose arrays do not fit the model the config builds."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a user's Ctrl-C, after writing a checkpoint at the step it reached."""
+
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError)

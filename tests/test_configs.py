@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 import sde_lib
-from sde_lib.config import default_config, validate_config, validate_sampler
+from sde_lib.config import default_config, describe, validate_config, validate_sampler
 from sde_lib.runs.folder import upgrade
 from sde_lib.sdes import get_sde
 
@@ -162,3 +162,13 @@ def test_configs_recorded_before_condition_kinds_upgrade(recorded, kind):
     config = upgrade(raw)
     assert config.condition.kind == kind and "context" not in config.model
     assert config.optim.ema_warmup is True  # recorded; only a missing field takes the legacy False
+
+
+def test_describe_lists_every_field_with_its_default_and_help():
+    config = load(os.path.join(ROOT, "configs/digits/vp.py"))
+    text = describe(config)
+    lines = text.splitlines()
+    fields = [line.split(" = ")[0] for line in lines if not line.startswith(" ")]
+    assert len(fields) == len(lines) // 2 and all(lines[i + 1].strip() for i in range(0, len(lines), 2))
+    assert "training.n_iters" in fields and "condition.kind" in fields and "seed" in fields
+    assert f"data.dataset = 'digits'  (default 'cifar10')" in lines and "training.sde = 'vpsde'" in lines

@@ -16,7 +16,7 @@ import pytest
 from sde_lib import runs
 from sde_lib.evaluation import ablation
 from sde_lib.evaluation import checkpoints as evaluation
-from sde_lib.runs import RunFolder, trainer
+from sde_lib.runs import trainer
 from tests.test_configs import load
 
 pytestmark = pytest.mark.slow  # one digits run trained for the module
@@ -82,7 +82,7 @@ def test_cli_metrics_flag(env, tmp_path):
     (["--num", "5000"], "num must be in 1..360"),
 ])
 def test_cli_bad_input_one_line(env, flags, words):
-    r = _evaluate("metrics", "--workdir", env["workdir"], "--no_bpd", "--cache_dir", env["cache"], *flags)
+    r = _evaluate("--metrics", "--workdir", env["workdir"], "--no_bpd", "--cache_dir", env["cache"], *flags)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode != 0 and words in last and "Traceback" not in r.stderr
 

@@ -7,7 +7,9 @@ files (contents) and folders before and after.
 
 import hashlib
 import json
+import logging
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import pytest
 
 import sde_lib
 from sde_lib import sampling
-from sde_lib.errors import CheckpointMismatch, RunConflict
+from sde_lib.errors import CheckpointMismatch, NonFiniteLossError, RunConflict
 from sde_lib.runs import RunFolder, trainer
 from sde_lib.runs import folder as run_folder
 from sde_lib.oracle import builtin_mixture
@@ -162,6 +164,69 @@ def test_force_cannot_resume_another_architecture_and_fork_starts_a_new_run(run,
     assert event["event"] == "fork" and event["step"] == 40 and event["changes"]["optim.lr"] == [1e-3, 5e-4]
 
 
+def test_a_finished_run_says_so_and_changes_nothing(run, caplog):
+    workdir, before = run  # trained to step 40
+    for n_iters, words in ((20, "is past n_iters=20"), (40, "has reached n_iters=40")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": n_iters}), workdir, progress=False)
+        assert int(state.step) == 40 and snapshot(workdir) == before  # config.json keeps n_iters=40
+        assert [r.getMessage() for r in caplog.records] == [f"run at step 40 {words}; nothing to do"]
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
+    """A learning rate of 1e3 overflows the gradients at once: the error says which quantity was not
+    finite and what to try; the new run's folder is gone (an existing folder keeps what it held)."""
+    for workdir, kept in ((str(tmp_path / "new"), None), (str(tmp_path / "mine"), "notes.txt")):
+        if kept:
+            os.makedirs(workdir)
+            open(os.path.join(workdir, kept), "w").write("a user's file")
+        with pytest.raises(NonFiniteLossError, match=r"^non-finite gradients \(global norm inf\) at a loss of .* "
+                                                     r"at step \d+; .*a lower config.optim.lr"):
+            trainer.train(toy_config(OVERRIDES, **{"optim.lr": 1e3}), workdir, progress=False)
+        assert (os.listdir(workdir) == [kept]) if kept else not os.path.exists(workdir)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_work_and_a_second_one_aborts(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    long = [os.path.join(ROOT, "scripts/train.py"), f"--config={TOY}", f"--workdir={workdir}", *FLAGS,
+            "--config.training.n_iters=40000", "--config.training.snapshot_freq=40000",
+            "--config.training.snapshot_freq_for_preemption=40000"]
+
+    def start_and_wait():
+        """Start the long run and return once it has logged a line of its own (it is in its training loop)."""
+        log = os.path.join(workdir, run_folder.METRICS)
+        logged = os.path.getsize(log) if os.path.exists(log) else 0
+        proc = subprocess.Popen([sys.executable, *long], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": ROOT})
+        deadline = time.time() + 120
+        while not (os.path.exists(log) and os.path.getsize(log) > logged):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        return proc
+
+    proc = start_and_wait()
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert last.startswith("interrupted (Ctrl-C): stopped at step "), last
+    step = int(last.split("stopped at step ")[1].split()[0])
+    assert 0 < step < 40000 and sde_lib.runs.checkpoint_steps(workdir) == [step]
+    with caplog.at_level(logging.WARNING):  # the next command resumes from that step
+        state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": step + 20,
+                                                       "training.snapshot_freq": 40000}), workdir, progress=False)
+    assert f"resuming {workdir} from step {step}" in caplog.text and int(state.step) == step + 20
+
+    proc = start_and_wait()  # a second Ctrl-C stops at once, in one line
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "interrupted (Ctrl-C)"), err[-2000:]
+
+
 # ---------------------------------------------------------------------------------- read-only commands
 @pytest.mark.slow
 def test_read_only_commands_never_touch_the_run(run, tmp_path):
@@ -173,7 +238,7 @@ def test_read_only_commands_never_touch_the_run(run, tmp_path):
                    "s.png exists", "--overwrite")
     for bad in ("--steps=0", "--num=0"):
         one_line_error(script("sample.py", f"--workdir={workdir}", bad, f"--out={tmp_path}/z"), "must be >= 1")
-    r = script("evaluate.py", "likelihood", f"--workdir={workdir}", "--n=64", f"--out={tmp_path}/ll")
+    r = script("evaluate.py", "--likelihood", f"--workdir={workdir}", "--n=64", f"--out={tmp_path}/ll")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.load(open(f"{tmp_path}/ll/report.json"))["rows"][0]
     # Continuous data: nats/dim of the (40-update) model beside the data's exact density (the 8-mode ring),
@@ -214,8 +279,8 @@ def test_a_damaged_checkpoint_is_skipped_in_one_warning_line_and_left_in_place(r
         r = sde_lib.load_run(workdir)
     assert r.step == 20 and snapshot(workdir) == before
     messages = [str(w.message) for w in caught]
-    assert any(f"checkpoint {latest} could not be restored" in m and "using step 20" in m and "\n" not in m
-               for m in messages), messages
+    assert any(f"checkpoint {latest} could not be restored: its metadata files are damaged" in m
+               and "using step 20" in m and "\n" not in m for m in messages), messages
     assert "Traceback" not in capfd.readouterr().err
 
 

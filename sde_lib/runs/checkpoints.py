@@ -17,6 +17,7 @@ it raises :class:`~sde_lib.errors.CheckpointMismatch`. No pickle: arrays go to o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -54,10 +55,28 @@ def _quiet():
         absl_logging.set_verbosity(absl_level)
 
 
-def _first_line(err: Exception, limit: int = 160) -> str:
+# tensorstore's status codes, and what they mean for a checkpoint's files, in words
+_STATUS = {"NOT_FOUND": "some of its array files are missing", "OUT_OF_RANGE": "its array files are truncated",
+           "DATA_LOSS": "its array files are damaged", "FAILED_PRECONDITION": "its array files are inconsistent",
+           "PERMISSION_DENIED": "its files cannot be read (permission denied)"}
+
+
+def _reason(err: Exception) -> str:
+    """Why a step could not be restored, in plain words (the library's own message often names an internal
+    object, a driver chain or a byte offset rather than what is wrong with the files)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit] + "..."
+    if isinstance(err, (UnicodeDecodeError, json.JSONDecodeError)):
+        return "its metadata files are damaged (not readable JSON)"
+    if isinstance(err, FileNotFoundError):
+        return "some of its files are missing"
+    status = next((code for code in _STATUS if text.startswith(code)), None)
+    if status:
+        return _STATUS[status]
+    if "pytree structure" in text:
+        return "its metadata does not describe the arrays it should hold (damaged metadata)"
+    if not text or text.startswith("<") or "pybind11" in text:  # a repr of an internal object: no reason given
+        return f"its files could not be read ({type(err).__name__})"
+    return text if len(text) <= 160 else text[:160] + "..."
 
 
 def _path(keys) -> str:
@@ -190,7 +209,7 @@ class Checkpointer:
                 if stored != step:
                     raise ValueError(f"it holds step {stored}")
             except Exception as err:  # noqa: BLE001  (orbax/tensorstore raise many types for damaged files)
-                skipped.append((self._path(manager, step), _first_line(err)))
+                skipped.append((self._path(manager, step), _reason(err)))
                 if not self.read_only:
                     self._set_aside(manager, step)
                 continue
@@ -202,7 +221,7 @@ class Checkpointer:
     def _warn(self, skipped, used: str) -> None:
         for path, why in skipped:
             aside = f"; moved to {path}.corrupt" if not self.read_only else ""
-            warnings.warn(f"checkpoint {path} could not be restored ({why}){aside}; using {used}", stacklevel=3)
+            warnings.warn(f"checkpoint {path} could not be restored: {why}{aside}; using {used}", stacklevel=3)
 
     def _set_aside(self, manager, step: int) -> None:
         path = self._path(manager, step)

@@ -24,6 +24,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import warnings
@@ -71,6 +72,10 @@ class RunFolder:
     def exists(self) -> bool:
         return os.path.isdir(self.path)
 
+    def entries(self) -> set[str]:
+        """The names in the folder (empty when it does not exist)."""
+        return set(os.listdir(self.path)) if self.exists else set()
+
     @property
     def has_config(self) -> bool:
         return os.path.isfile(self.file(CONFIG))
@@ -113,6 +118,17 @@ class RunFolder:
     def create(self) -> None:
         """Create the folder (a writer's first write)."""
         self._writes()
+
+    def remove_new_run(self, kept: set[str]) -> None:
+        """Undo a run this command started and that wrote no checkpoint: remove every entry not in ``kept``
+        (what the folder held before the command), and the folder itself if nothing is left."""
+        if not self._writes():
+            return
+        for name in self.entries() - set(kept):
+            path = self.file(name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if not self.entries():
+            os.rmdir(self.path)
 
     # ------------------------------------------------------------------------------------- config
     def read_config(self) -> ml_collections.ConfigDict:

@@ -5,8 +5,12 @@
 ``snapshot_freq_for_preemption``) fire when a call crosses a multiple. The loss and gradient norm of
 every update are checked on the host one call behind the device (so the check never stalls the
 pipeline) and always before a checkpoint is written: a non-finite value stops the run with
-:class:`NonFiniteLossError` naming the update, and no checkpoint holds its result. SIGTERM finishes the
-current call, writes a preemption checkpoint and returns.
+:class:`NonFiniteLossError` naming the update and what was not finite, and no checkpoint holds its
+result. SIGTERM finishes the current call, writes a preemption checkpoint and returns; Ctrl-C (SIGINT)
+does the same and then raises :class:`~sde_lib.errors.Interrupted` (``train.py`` exits with status 130);
+a second Ctrl-C aborts at once. A run already at or past ``n_iters`` changes nothing: one line says so.
+A new run that fails before its first checkpoint leaves no folder behind (only what the command itself
+created is removed), so the next attempt starts afresh.
 
 A run folder is never damaged by a second command:
 
@@ -41,7 +45,7 @@ from tqdm.auto import tqdm
 from sde_lib import figures, sampling, training
 from sde_lib.config import validate_config
 from sde_lib.data import Dataset, data_dims
-from sde_lib.errors import NonFiniteLossError, RunConflict
+from sde_lib.errors import Interrupted, NonFiniteLossError, RunConflict
 from sde_lib.runs import checkpoints as ckpt_lib
 from sde_lib.runs.assemble import Assembly, assemble
 from sde_lib.runs.folder import RunFolder
@@ -133,32 +137,42 @@ def _crossed(step: int, k: int, freq: int) -> bool:
 
 
 def _check_finite(metrics: dict, first_step: int, checkpoints: ckpt_lib.Checkpointer) -> dict:
-    """Host copies of per-update ``metrics``; raise naming the first update (1-based) with a non-finite value."""
+    """Host copies of per-update ``metrics``; raise naming the first update (1-based) with a non-finite loss
+    or gradient, which of the two it was, and the usual remedies."""
     host = {k: to_host(v) for k, v in metrics.items()}
     bad = ~np.isfinite(host["loss"]) | ~np.isfinite(host["grad_norm"])
     if bad.any():
         i = int(np.argmax(bad))
+        loss, norm = host["loss"][i], host["grad_norm"][i]
+        what = (f"non-finite loss ({loss})" if not np.isfinite(loss)
+                else f"non-finite gradients (global norm {norm}) at a loss of {loss:.4g}")
         checkpoints.wait()
         last = checkpoints.latest_step()
         where = f"step {last} in {checkpoints.workdir}" if last is not None else "none (no checkpoint yet)"
-        raise NonFiniteLossError(f"non-finite loss {host['loss'][i]} (grad norm {host['grad_norm'][i]}) at step "
-                                 f"{first_step + i + 1}; stopping. Last good checkpoint: {where}")
+        raise NonFiniteLossError(f"{what} at step {first_step + i + 1}; stopping. Last good checkpoint: {where}. "
+                                 f"Usual remedies: a lower config.optim.lr, gradient clipping "
+                                 f"(config.optim.grad_clip > 0), a longer config.optim.warmup")
     return host
 
 
-class _StopOnSigterm:
-    """Context manager turning SIGTERM into a flag the loop polls between calls."""
+class _StopOnSignals:
+    """Context manager turning SIGTERM and a first SIGINT (Ctrl-C) into a flag the loop polls between calls;
+    a second SIGINT raises KeyboardInterrupt at once."""
 
     def __enter__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = None  # the signal that asked to stop
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt("a second Ctrl-C: stopped without a checkpoint of the last updates")
+        self.requested = signum
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclasses.dataclass
@@ -169,6 +183,7 @@ class _Prepared:
     train_ds: Dataset
     eval_ds: Dataset
     event: dict
+    done: tuple | None = None  # (message, state) of a run already at or past n_iters
 
 
 def _prepare(config, folder: RunFolder, mesh, *, force: bool, fork_from: str | None) -> _Prepared:
@@ -205,6 +220,12 @@ def _prepare(config, folder: RunFolder, mesh, *, force: bool, fork_from: str | N
                               f"it is not a run this code can resume")
         event = {"event": "start"}
     assembly = assemble(config, folder, source=source)
+    done = None
+    if source is None and folder.has_config and has_checkpoints and max(ckpt_lib.steps(folder)) >= t.n_iters:
+        state, step = ckpt_lib.restore(folder, assembly.target)  # read-only: a damaged step is skipped, not moved
+        if step >= t.n_iters:
+            done = (f"run at step {step} {'has reached' if step == t.n_iters else 'is past'} "
+                    f"n_iters={t.n_iters}; nothing to do", state)
     train_ds.set_conditions(assembly.condition_arrays("train"))
     eval_ds.set_conditions(assembly.condition_arrays(eval_split))
     for probe_folder in [f for f in (source, folder if folder.has_config else None) if f is not None]:
@@ -214,7 +235,7 @@ def _prepare(config, folder: RunFolder, mesh, *, force: bool, fork_from: str | N
                 probe.check_fits(step, manager, assembly.target)
         finally:
             probe.close()
-    return _Prepared(assembly, train_ds, eval_ds, event)
+    return _Prepared(assembly, train_ds, eval_ds, event, done)
 
 
 def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress: bool = True, force: bool = False,
@@ -240,15 +261,25 @@ def train(config, workdir: str, *, devices=None, keep: int | None = 5, progress:
     mesh = training.make_mesh(devices)
     folder = RunFolder(workdir, read_only=False)
     prepared = _prepare(config, folder, mesh, force=force, fork_from=fork_from)
+    if prepared.done is not None:  # nothing is written: not even the changed n_iters
+        message, state = prepared.done
+        log.warning("%s", message)
+        return state
     optimizer = training.make_optimizer(config.optim, t.n_iters)
     _, state = prepared.assembly.init_state(optimizer)
     state = jax.device_put(state, training.replicated(mesh))
 
     # Everything is checked: from here on the command writes.
+    new, before = not folder.has_config, folder.entries()
     folder.create()
-    with folder.lock():
-        return _train_locked(config, folder, mesh, optimizer, state, prepared, keep=keep, progress=progress,
-                             fork_from=fork_from)
+    try:
+        with folder.lock():
+            return _train_locked(config, folder, mesh, optimizer, state, prepared, keep=keep, progress=progress,
+                                 fork_from=fork_from)
+    except BaseException:
+        if new and not ckpt_lib.steps(folder):
+            folder.remove_new_run(before)  # a start that failed before its first checkpoint leaves nothing
+        raise
 
 
 def _train_locked(config, folder: RunFolder, mesh, optimizer, state, prepared: _Prepared, *, keep, progress,
@@ -311,7 +342,7 @@ def _train_locked(config, folder: RunFolder, mesh, optimizer, state, prepared: _
             pending = None
 
     try:
-        with _StopOnSigterm() as stop:
+        with _StopOnSignals() as stop:
             while step < t.n_iters and not stopping:
                 state, metrics = train_step(state, next(batches))
                 flush_pending()  # the previous call's values: ready by now, so this does not stall
@@ -337,12 +368,15 @@ def _train_locked(config, folder: RunFolder, mesh, optimizer, state, prepared: _
                 if snapshot and t.snapshot_sampling and t.objective == "score":
                     _snapshot_samples(assembly, state, sample_key, folder, step, logger, eval_ds)
             flush_pending()
-            if stopping:
-                log.warning("SIGTERM: stopped at step %d with a checkpoint in %s", step, folder.given)
     finally:
         bar.close()
         logger.close()
         checkpoints.close()  # waits for asynchronous writes: the last good checkpoint is complete
+    if stopping == signal.SIGINT:
+        raise Interrupted(f"interrupted (Ctrl-C): stopped at step {step} with a checkpoint in {folder.given}; "
+                          f"the same command resumes it")
+    if stopping:
+        log.warning("SIGTERM: stopped at step %d with a checkpoint in %s", step, folder.given)
     return state
 
 
