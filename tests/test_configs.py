@@ -171,4 +171,4 @@ def test_describe_lists_every_field_with_its_default_and_help():
     fields = [line.split(" = ")[0] for line in lines if not line.startswith(" ")]
     assert len(fields) == len(lines) // 2 and all(lines[i + 1].strip() for i in range(0, len(lines), 2))
     assert "training.n_iters" in fields and "condition.kind" in fields and "seed" in fields
-    assert f"data.dataset = 'digits'  (default 'cifar10')" in lines and "training.sde = 'vpsde'" in lines
+    assert "data.dataset = 'digits'  (default 'cifar10')" in lines and "training.sde = 'vpsde'" in lines
