@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from models.autoencoder import kl_divergence
 from sde_lib import losses
 from sde_lib.latent import FirstStage
 from sde_lib.parameterization import noise_conditioning
@@ -150,7 +151,7 @@ class AutoencoderObjective:
         diff = recon - x
         per_pixel = jnp.abs(diff) if self.rec_loss == "l1" else jnp.square(diff)
         rec = jnp.sum(per_pixel.reshape(x.shape[0], -1), axis=-1)
-        kl = 0.5 * jnp.sum((jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar).reshape(x.shape[0], -1), axis=-1)
+        kl = kl_divergence(mean, logvar)
         per_example = rec + self.kl_weight * kl
         if self.perceptual is not None and self.perceptual_weight > 0:
             f_x, f_r = self.perceptual(x), self.perceptual(recon)

@@ -36,9 +36,10 @@ def test_a_masked_padding_token_changes_nothing_and_the_block_starts_as_identity
     other = context.at[0, 4].set(100.0)  # garbage at a masked (padding) position
     np.testing.assert_allclose(st(x, (context, mask)), st(x, (other, mask)), rtol=1e-6, atol=1e-6)
     assert not np.allclose(st(x, (context, mask)), st(x, (other, jnp.ones_like(mask))))
-    # The encoder ignores padding too: tokens after the caption do not change the caption's context.
-    c2, _ = enc(jnp.array([[1, 5, 6, 0, 0, 0]]))
-    np.testing.assert_allclose(c2[:, :3], context[:, :3], rtol=1e-6)
+    # The encoder ignores padding too: the caption's context does not depend on how much padding follows.
+    for shorter in ([[1, 5, 6, 0]], [[1, 5, 6]]):
+        c2, _ = enc(jnp.array(shorter))
+        np.testing.assert_allclose(c2[:, :3], context[:, :3], rtol=1e-5, atol=1e-6)
 
 
 def test_tokenizers():
@@ -76,6 +77,12 @@ def test_canvas_captions_match_their_pixels_and_hold_out_combinations():
     assert canvas.swapped("a 3 left of an 8", spec) == "an 8 left of a 3"
 
 
+def snapshot(folder: str) -> dict:
+    """Every file's bytes under ``folder``, by relative path."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
 def _short(path, **kw):
     c = runpy.run_path(os.path.join(ROOT, path))["get_config"]()
     short = {"training.n_iters": 20, "training.n_jitted_steps": 1, "training.snapshot_freq": 20,
@@ -93,16 +100,19 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
     ae = str(root / "ae")
     trainer.train(_short("configs/canvas/autoencoder.py", **{"model.nf": 8}), ae, progress=False)
+    ae_files = snapshot(ae)
+    tiny = {"first_stage.workdir": ae, "model.nf": 16, "model.ch_mult": (1,), "model.attn_resolutions": (4,)}
     caption = str(root / "caption")  # one U-Net level: the smallest cross-attention model, for compile time
-    trainer.train(_short("configs/canvas/latent_caption.py", **{"first_stage.workdir": ae, "model.nf": 16,
-                                                                "model.ch_mult": (1,), "model.attn_resolutions": (4,)}),
-                  caption, progress=False)
-    return ae, caption
+    trainer.train(_short("configs/canvas/latent_caption.py", **tiny), caption, progress=False)
+    layout = str(root / "layout")
+    trainer.train(_short("configs/canvas/latent_layout.py", **tiny), layout, progress=False)
+    assert snapshot(ae) == ae_files  # the first stage is read, never written
+    return ae, caption, layout
 
 
 @pytest.mark.slow
 def test_latent_training_and_sampling_end_to_end(runs):
-    ae, caption = runs
+    ae, caption, _ = runs
     r = sde_lib.load_run(caption, warn=False)
     stored = json.load(open(os.path.join(caption, run_folder.FIRST_STAGE)))
     assert stored["first_stage"] == os.path.abspath(ae) and stored["step"] == 20 and stored["scale"] > 0
@@ -111,6 +121,13 @@ def test_latent_training_and_sampling_end_to_end(runs):
     imgs = jnp.asarray(scale(canvas.canvases("canvas_digits", "test")[0][:256], 17, True))
     z = r.first_stage.encode(imgs, jax.random.PRNGKey(0))
     assert 0.7 < float(jnp.std(z)) < 1.4
+    # The first stage is frozen: its parameters are the autoencoder run's EMA ones (not in the latent run's
+    # state, which holds the U-Net and its token encoder only), and its run folder was never written.
+    ae_run = sde_lib.load_run(ae, warn=False)
+    mean = nnx.merge(ae_run.graphdef, ae_run.state.ema).encode(imgs)[0]
+    np.testing.assert_allclose(r.first_stage.encode(imgs), r.first_stage.scale * mean, rtol=1e-6, atol=1e-6)
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(r.state.params)[0]}
+    assert not any("enc_in" in p or "quant_conv" in p for p in paths) and any("context_encoder" in p for p in paths)
     # Sampling returns decoded images; guidance at scale 1 is the conditional branch.
     key = jax.random.PRNGKey(1)
     x, info = r.sample(key, 4, "ddim", 5, prompt="a 3 left of a 7")
@@ -125,8 +142,31 @@ def test_latent_training_and_sampling_end_to_end(runs):
 
 
 @pytest.mark.slow
+def test_layout_runs_train_and_sample_by_boxes(runs, tmp_path):
+    _, _, layout = runs
+    r = sde_lib.load_run(layout, warn=False)
+    assert r.kind.name == "layout" and r.encoder.max_objects == 2  # the canvas layouts' own box count
+    key = jax.random.PRNGKey(1)
+    one = np.array([[3, 0.0, 0.0, 0.5, 0.5]])  # fewer boxes than the data's layouts: padded, not refused
+    two = np.array([[3, 0.0, 0.0, 0.5, 0.5], [7, 0.5, 0.0, 1.0, 0.5]])
+    x, info = r.sample(key, 4, "ddim", 5, layout=one)
+    assert x.shape == (4, 16, 16, 1) and info["nfe"] == 5
+    assert not np.allclose(x, r.sample(key, 4, "ddim", 5, layout=two)[0])  # the boxes are used
+    np.testing.assert_allclose(x, r.sample(key, 4, "ddim", 5, layout=one, guidance=1.0)[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="at most 2 boxes"):
+        r.sample(key, 4, "ddim", 5, layout=np.concatenate([two, one]))
+    cmd = [sys.executable, os.path.join(ROOT, "scripts/sample.py"), f"--workdir={layout}", "--num=2", "--steps=5",
+           "--sampler=ddim", "--layout=3,0,0,0.5,0.5", "--layout=3,0,0,0.5,0.5;7,0.5,0,1,0.5", "--guidance=2",
+           f"--out={tmp_path}/grid"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = np.load(f"{tmp_path}/grid.npz")
+    assert saved["samples"].shape == (4, 16, 16, 1) and len(saved["conditions"]) == 2
+
+
+@pytest.mark.slow
 def test_bad_first_stages_fail_in_one_line(runs, tmp_path):
-    ae, _ = runs
+    ae, _, _ = runs
     cli = [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--config=configs/canvas/latent_caption.py"]
     r = subprocess.run(cli + [f"--workdir={tmp_path}/x", f"--config.first_stage.workdir={tmp_path}/missing"],
                        capture_output=True, text=True, cwd=ROOT)
