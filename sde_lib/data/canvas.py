@@ -31,8 +31,8 @@ RELATIONS = ("left of", "above")
 SIZES = {"train": 12_000, "test": 2_000}
 HOLD_OUT = 0.1
 MAX_OBJECTS = 2
-_CANVAS = 5  # counter_rng purpose of the canvas streams
-_FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+_CANVAS = counter_rng.CANVAS  # the canvas streams
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class CanvasSpec:
 
 SPECS = {
     "canvas_digits": CanvasSpec("canvas_digits", 8, 17, tuple(str(i) for i in range(10))),
-    "canvas_fashion_mnist": CanvasSpec("canvas_fashion_mnist", 16, 256, _FASHION_NAMES),
+    "canvas_fashion_mnist": CanvasSpec("canvas_fashion_mnist", 16, 256, FASHION_NAMES),
 }
 
 
