@@ -270,9 +270,14 @@ def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> np.nda
 
 
 @eqx.filter_jit
-def _repaint(sde, score_fn, obs, x, row_keys, ts, walk, cond, eta):
-    """RePaint over ``walk`` (grid positions) with DDIM(eta) reverse steps (eta = 1: ancestral)."""
+def _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta):
+    """RePaint over ``walk`` (positions on the uniform grid of ``steps`` steps) with DDIM(eta) reverse steps
+    (eta = 1: ancestral), from a prior draw: ``(x, ok)``, ``ok`` ``(B,)`` the finite rows."""
     score = api.bind_score(score_fn, cond)
+    k_prior, k_noise = jax.random.split(key)
+    x = sde.prior_sampling(k_prior, obs.x_obs.shape)
+    row_keys = per_sample_keys(k_noise, x.shape[0])
+    ts = time_grid(sde, "uniform", steps, eps)
 
     def move(x, i):
         p0, p1 = walk[i], walk[i + 1]
@@ -297,7 +302,8 @@ def _repaint(sde, score_fn, obs, x, row_keys, ts, walk, cond, eta):
 
     x = obs.keep(x, obs.noised(sde, ts[0], row_keys, _REPLACE_SALT))
     x, _ = jax.lax.scan(move, x, jnp.arange(walk.shape[0] - 1))
-    return obs.keep(x, obs.x_obs)
+    x = obs.keep(x, obs.x_obs)
+    return x, jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
 
 
 def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: str = "replace",
@@ -335,15 +341,8 @@ def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: s
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         eps = api.default_eps(sde) if eps is None else float(eps)
         walk = repaint_schedule(int(steps), int(jump_length), int(jump_n_sample))
-        api.check_score_shape(score_fn, shape, cond)
-        k_prior, k_noise = jax.random.split(key)
-        x = sde.prior_sampling(k_prior, shape)
-        ts = time_grid(sde, "uniform", int(steps), eps)
-        x = _repaint(sde, score_fn, obs, x, per_sample_keys(k_noise, shape[0]), ts, jnp.asarray(walk), cond,
-                     float(eta))
-        nfe = int(np.sum(np.diff(walk) > 0))
-        ok = jnp.all(jnp.isfinite(x.reshape(shape[0], -1)), axis=1)
-        return x, {"nfe": nfe, "ok": ok, "walk": walk}
+        x, ok = _repaint(sde, score_fn, obs, key, walk, cond, int(steps), eps, float(eta))
+        return x, {"nfe": int(np.sum(np.diff(walk) > 0)), "ok": ok, "walk": walk}
     sampler = sampler or "ancestral"
     if registry.get(sampler).is_adaptive:
         raise ValueError(f"{method} needs a fixed-step sampler, got the adaptive {sampler!r}")

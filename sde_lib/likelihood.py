@@ -25,9 +25,9 @@ Shapes: ``x`` is ``(B, *dims)`` with D = prod(dims); log-densities are ``(B,)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from functools import partial
 
 import diffrax
 import equinox as eqx
@@ -37,8 +37,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sde_lib.data.scaling import dequantize_interval
-from sde_lib.sampling.api import bind_score, check_score_shape
-from sde_lib.sdes import SDE, per_sample_keys
+from sde_lib.sampling.api import bind_score
+from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
 from sde_lib.step_control import CountingPIDController
 
 TRACES = ("exact", "hutchinson")
@@ -58,8 +58,7 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
         # far inside tolerance (scripts/benchmark_likelihood.py; docs/results.md).
         return diffrax.Dopri5()
     if isinstance(solver, str):
-        names = {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
-        cls = names.get(solver.lower())
+        cls = _diffrax_names().get(solver.lower())
         if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractERK)):
             raise ValueError(f"solver {solver!r} is not a diffrax explicit Runge-Kutta solver (e.g. tsit5, dopri5)")
         solver = cls()
@@ -68,8 +67,13 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
     return solver
 
 
+@functools.cache
+def _diffrax_names() -> dict:
+    return {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
+
+
 # ------------------------------------------------------------------------------------------- probes
-@partial(jax.jit, static_argnames=("shape", "probe", "n_probes", "dtype"))
+@functools.partial(jax.jit, static_argnames=("shape", "probe", "n_probes", "dtype"))
 def draw_probes(key: jax.Array, shape: tuple[int, ...], probe: str = "rademacher", n_probes: int = 1,
                 offset=0, dtype=jnp.float32) -> jax.Array:
     """Hutchinson probes of shape ``(n_probes, B, *dims)`` for ``shape = (B, *dims)``.
@@ -161,7 +165,12 @@ def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol,
 
     ``sde`` and ``score_fn`` are pytrees: a score function holding parameters as arrays (``ModelScore``,
     ``MixtureScore``) is traced, so another parameter set of the same shapes reuses the compilation.
+    Returns ``(logp, info, finite)`` with ``finite`` ``(B,)``: which rows of ``x`` are finite. The others
+    are solved from zero instead (a NaN row would stall the shared step control of the whole batch) and
+    marked NaN and not ok; the caller raises on them outside jit.
     """
+    finite = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    x = jnp.where(batch_broadcast(finite, x), x, 0.0)
     if trace == "exact":
         vectors = _basis(x)
     else:
@@ -183,12 +192,12 @@ def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol,
     nfe = sol.controller_state[1]
     logp = prior + delta
     # A failed solve (a NaN score shrinks the steps until max_steps) is reported per row, not raised.
-    ok = (sol.result == diffrax.RESULTS.successful) & jnp.isfinite(logp)
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.isfinite(logp) & finite
     return jnp.where(ok, logp, jnp.nan), {
         "nfe": jnp.full(x.shape[:1], nfe), "ok": ok, "z": z, "prior_logp": prior, "delta_logp": delta,
         "num_steps": jnp.full(x.shape[:1], sol.stats["num_steps"]),
         "num_rejected_steps": jnp.full(x.shape[:1], sol.stats["num_rejected_steps"]),
-    }
+    }, finite
 
 
 def _check_choice(name, value, choices):
@@ -257,36 +266,33 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, cond=Non
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
-    _check_inputs(score_fn, x, cond)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
     outs = [out for _, out in _chunked_solves(sde, score_fn, x, cond, key, batch_size, options)]
-    logp, info = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    logp, info, finite = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    _raise_non_finite(finite)
     _warn_failed(info["ok"])
     return logp, info
 
 
-def _check_inputs(score_fn, x, cond=None) -> None:
-    """Eager checks before a solve: the score's output shape, and finite inputs (a NaN row would stall
-    the shared step control of the whole batch)."""
-    check_score_shape(score_fn, tuple(x.shape), None if cond is None else jax.tree.map(lambda a: a[: x.shape[0]], cond))
-    if not isinstance(x, jax.core.Tracer):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1))
-        if bad.size:
-            raise ValueError(f"x has non-finite values in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
+def _raise_non_finite(finite) -> None:
+    """Non-finite inputs are a caller's error: one ValueError naming the rows (outside jit)."""
+    if not isinstance(finite, jax.core.Tracer) and not np.asarray(finite).all():
+        bad = np.flatnonzero(~np.asarray(finite))
+        raise ValueError(f"x has non-finite values in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
 
 
 def _warn_failed(ok) -> None:
-    if not isinstance(ok, jax.core.Tracer) and not bool(jnp.all(ok)):
-        warnings.warn(f"log_likelihood(): the solve failed for {int(jnp.sum(~ok))} of {ok.size} examples (a NaN/Inf "
-                      f"score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
+    if not isinstance(ok, jax.core.Tracer) and not np.asarray(ok).all():  # a readback, no further dispatch
+        warnings.warn(f"log_likelihood(): the solve failed for {int(np.sum(~np.asarray(ok)))} of {ok.size} examples "
+                      "(a NaN/Inf score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
 
 
 def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
-    """Yield ``(rows, (logp, info))`` per chunk of ``batch_size`` rows (all rows if None).
+    """Yield ``(rows, (logp, info, finite))`` per chunk of ``batch_size`` rows (all rows if None).
 
     The last chunk is padded by repeating its last row so every chunk has one shape (one compilation);
     padded rows are dropped. Probe keys use the global row index, as an unchunked solve would.
@@ -295,6 +301,8 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
     size = n if batch_size is None else min(int(batch_size), n)
 
     def rows(a, start):
+        if size == n:  # one chunk: no slicing dispatched
+            return a
         part = a[start:start + size]
         pad = size - part.shape[0]
         return jnp.concatenate([part, jnp.repeat(part[-1:], pad, axis=0)]) if pad else part
@@ -302,8 +310,9 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
     for start in range(0, n, size):
         pad = size - min(size, n - start)
         chunk_cond = None if cond is None else jax.tree.map(lambda a: rows(jnp.asarray(a), start), cond)
-        logp, info = _solve(rows(x, start), key, jnp.asarray(start, jnp.int32), sde, score_fn, chunk_cond, **options)
-        yield size - pad, jax.tree.map(lambda a: a[:size - pad], (logp, info))
+        # The offset as a NumPy array: traced (one compilation for every chunk), and no device dispatch here.
+        out = _solve(rows(x, start), key, np.asarray(start, np.int32), sde, score_fn, chunk_cond, **options)
+        yield size - pad, jax.tree.map(lambda a: a[:size - pad], out) if pad else out
 
 
 # --------------------------------------------------------------------------------- discrete data
@@ -369,7 +378,6 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.
     options = _solve_options(sde, **options)
-    _check_inputs(score_fn, jnp.zeros((1, *k.shape[1:]), jnp.float32), cond)
     draws, nfes, oks = [], [], []
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
@@ -377,7 +385,7 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
         u = jax.vmap(lambda kk: jax.random.uniform(kk, k.shape[1:]))(per_sample_keys(k_deq, n))  # row i: (key, i)
         x = jnp.asarray(dequantize_interval(np.asarray(k), np.asarray(u), levels, lo, hi))
         row_bpd, row_nfe, row_ok = [], [], []
-        for rows, (logp, info) in _chunked_solves(sde, score_fn, x, cond, k_probe, batch_size, options):
+        for rows, (logp, info, _) in _chunked_solves(sde, score_fn, x, cond, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))
             row_nfe.append(info["nfe"])
             row_ok.append(info["ok"])

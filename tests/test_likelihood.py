@@ -6,8 +6,10 @@ solve also checks ``info["nfe"]``.
 """
 
 import math
+from typing import Any
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,6 +223,54 @@ def test_bits_per_dim_through_the_ode_bounds_the_discrete_likelihood(exact_solve
     exact_bits = -np.log(np.sum(np.asarray(gmm.weights) * np.prod(mass, axis=-1), axis=-1)) / (2 * np.log(2))
     gap = np.asarray(bpd) - exact_bits
     assert gap.mean() > -0.01 and gap.mean() < 0.03, gap.mean()
+
+
+class TraceCount:
+    n = 0
+
+
+class TracedScore(eqx.Module):
+    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
+
+    score_fn: Any
+    count: TraceCount = eqx.field(static=True)
+
+    def __call__(self, x, t, *cond):
+        self.count.n += 1
+        return self.score_fn(x, t, *cond)
+
+
+def test_a_repeated_likelihood_traces_nothing():
+    """The score is traced (and its shape checked) while the solve compiles; repeated log_likelihood and
+    bits_per_dim calls, and another parameter set of the same shapes, trace the score zero times."""
+    sde, gmm, count = sde_lib.VPSDE(), broad2d(), TraceCount()
+    other = eqx.tree_at(lambda g: g.means, gmm, 2.0 * gmm.means)
+    x = gmm.sample(KEY, 6)
+    k = quantize(np.asarray(gmm.sample(jax.random.PRNGKey(1), 6)), 17, -1.0, 1.0)
+    logps = []
+    for mixture in (gmm, gmm, gmm, other):
+        score = TracedScore(mixture.score_fn(sde), count)
+        logps.append(L.log_likelihood(sde, score, x, KEY, trace="exact", rtol=1e-3, atol=1e-3)[0])
+        L.bits_per_dim(sde, score, k, KEY, levels=17, scale=(-1.0, 1.0), batch_size=4, rtol=1e-3, atol=1e-3)
+        if len(logps) == 1:
+            first = count.n
+    assert first >= 1 and count.n == first, (first, count.n)
+    np.testing.assert_array_equal(logps[1], logps[0])
+    assert not np.allclose(logps[3], logps[0])  # the new parameters were used, not baked in
+
+
+def test_non_finite_rows_are_named_and_inside_jit_marked():
+    """A NaN row raises naming it; inside jax.jit (no raising) it is NaN and not ok, and the other rows
+    are solved as without it (it is solved from zero, so it cannot stall the shared step control)."""
+    sde, gmm = sde_lib.VPSDE(), broad2d()
+    score, x = gmm.score_fn(sde), gmm.sample(KEY, 4)
+    bad = x.at[2, 1].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"non-finite values in 1 row\(s\), e.g. rows \[2\]"):
+        L.log_likelihood(sde, score, bad, KEY, trace="exact")
+    run = jax.jit(lambda y: L.log_likelihood(sde, score, y, KEY, trace="exact"))
+    (logp, info), (clean, _) = run(bad), run(x.at[2].set(0.0))
+    np.testing.assert_array_equal(np.asarray(info["ok"]), [True, True, False, True])
+    assert np.isnan(logp[2]) and np.array_equal(np.delete(logp, 2), np.delete(clean, 2))
 
 
 # -------------------------------------------------------------------------------------- bad input
