@@ -139,8 +139,9 @@ class _Observation(eqx.Module):
         return alpha * self.x_obs + sigma * z
 
 
-class _ReplaceSolver(diffrax.AbstractItoSolver):
-    """A fixed-step solver followed, at every step, by score_sde's replacement of the observed coordinates."""
+class _WrappedSolver(diffrax.AbstractItoSolver):
+    """A fixed-step solver ``inner`` whose every step a subclass follows by a correction towards the
+    observations ``obs`` (its ``step``); everything else is the inner solver's."""
 
     inner: diffrax.AbstractSolver
     sde: SDE
@@ -157,6 +158,10 @@ class _ReplaceSolver(diffrax.AbstractItoSolver):
 
     def func(self, terms, t0, y0, args):
         return self.inner.func(terms, t0, y0, args)
+
+
+class _ReplaceSolver(_WrappedSolver):
+    """A fixed-step solver followed, at every step, by score_sde's replacement of the observed coordinates."""
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, _, _, state, result = self.inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -179,27 +184,12 @@ class _ReplaceHook(api.SolveHook):
         return self.obs.keep(x, self.obs.x_obs)
 
 
-class _DPSSolver(diffrax.AbstractItoSolver):
+class _DPSSolver(_WrappedSolver):
     """A fixed-step solver followed by DPS's gradient step on the observation error of x0_hat(x_t0)."""
 
-    inner: diffrax.AbstractSolver
-    sde: SDE
-    obs: _Observation
     score_fn: Any
     cond: Any
     zeta: float = eqx.field(static=True)
-
-    term_structure = diffrax.AbstractTerm
-    interpolation_cls = diffrax.LocalLinearInterpolation
-
-    def order(self, terms):
-        return self.inner.order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.inner.init(terms, t0, t1, y0, args)
-
-    def func(self, terms, t0, y0, args):
-        return self.inner.func(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, _, _, state, result = self.inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
