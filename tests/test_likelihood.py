@@ -68,8 +68,10 @@ def test_exact_trace_matches_oracle(exact_solves, sde_name, case):
     assert float(err.max()) <= 1e-3, float(err.max())
     np.testing.assert_allclose(r["logp"], info["prior_logp"] + info["delta_logp"], rtol=1e-6)
     np.testing.assert_allclose(info["prior_logp"], sde.prior_logp(info["z"]), rtol=1e-6)
-    # Dopri5 (default) is FSAL: every solve here checks the evaluation count against the host counter.
-    assert r["calls"] > 0 and np.all(np.asarray(info["nfe"]) == r["calls"])
+    # Dopri5 (default) is FSAL: every solve here checks the evaluation count against the host counter
+    # (on a CPU the 300-row 16-D batch is evaluated in row blocks: one score call per block).
+    blocks = L.trace_blocks(*r["x"].shape)
+    assert r["calls"] > 0 and np.all(np.asarray(info["nfe"]) * blocks == r["calls"])
     assert info["z"].shape == r["x"].shape and r["logp"].shape == (r["x"].shape[0],)
 
 
@@ -149,6 +151,26 @@ def test_initial_step_size_rule():
     assert float(initial_step_size(lambda t, y: jnp.full_like(y, c), 0.0, y0, tol, tol, rms, 4, 1e-4)) == np.float32(1e-4)
 
 
+def test_row_blocks_change_nothing_but_the_working_set():
+    """The field evaluated in row blocks (the last one padded) equals the whole batch's, with each row's
+    condition routed to it; on a CPU the solve takes blocks of at most 512 products (rows x vectors)."""
+    sde, ring = sde_lib.VPSDE(), builtin_mixture("ring2d")
+    x = ring.sample(KEY, 37)
+    state = (x, jnp.zeros(37))
+    cond = {"label": jnp.arange(37) % ring.num_classes}
+
+    def field(product, blocks, cond):
+        return L.probability_flow_field(sde, ring.score_fn(sde), L._basis(x), True, product, blocks, cond)(0.3, state)
+
+    for product in L.PRODUCTS:
+        whole, blocked = field(product, 1, cond), field(product, 5, cond)
+        for a, b in zip(whole, blocked):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(blocked[0], field("jvp", 5, None)[0])  # the condition mattered
+    expect = (8, 10, 1) if jax.default_backend() == "cpu" else (1, 1, 1)
+    assert (L.trace_blocks(256, 16), L.trace_blocks(300, 16), L.trace_blocks(64, 1)) == expect
+
+
 def test_batch_chunks_reuse_one_solve_and_agree(exact_solves):
     r = exact_solves("vp", "2d")
     logp, info = L.log_likelihood(r["sde"], r["score"], r["x"], KEY, trace="exact", eps=EPS, batch_size=40)
@@ -163,7 +185,7 @@ def test_batch_error_norm_is_cheaper_and_looser_per_example(exact_solves):
     r = exact_solves("vp", "16d")
     sde, gmm, x = r["sde"], r["gmm"], r["x"]
     _, info = L.log_likelihood(sde, r["score"], x, KEY, trace="exact", eps=EPS, error_norm="batch")
-    assert int(info["nfe"][0]) == r["score"].take()
+    assert int(info["nfe"][0]) * L.trace_blocks(*x.shape) == r["score"].take()  # one call per row block
 
     def errors(i):  # transport error per dim against the mixture's own p_T (prior mismatch removed)
         return np.abs(np.asarray(i["delta_logp"] + gmm.log_prob_t(sde, i["z"], sde.T) - gmm.log_prob_t(sde, x, EPS))) / gmm.dim
