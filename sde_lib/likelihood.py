@@ -19,8 +19,8 @@ The trace is exact (D Jacobian-vector products against the basis) or Hutchinson'
 tr A ~ mean_j u_j^T A u_j with probes fixed along the trajectory. The probes do not change the x
 trajectory, so the Hutchinson error is int (u^T J u - tr J) dt, of mean zero given the path: the
 estimate of log p is unbiased.
-On a CPU an evaluation's B x M forward-mode products are made in row blocks of at most 512
-(:func:`trace_blocks`): the same values from a working set that stays in cache.
+On a CPU an evaluation's B x M products are made in row blocks of at most 512 (:func:`trace_blocks`):
+the same values from a working set that stays in cache.
 
 Shapes: ``x`` is ``(B, *dims)`` with D = prod(dims); log-densities are ``(B,)``.
 """
@@ -92,19 +92,19 @@ def draw_probes(key: jax.Array, shape: tuple[int, ...], probe: str = "rademacher
 
 
 # -------------------------------------------------------------------------------------- divergence
-# Products (rows x vectors) per block of rows on a CPU. One forward-mode product with all M vectors at
-# once carries M x B copies of the score's tangents; past a few hundred rows' worth they leave the
+# Products (rows x vectors) per block of rows on a CPU. One product with all M vectors at once carries
+# M x B copies of the score's tangents or cotangents; past a few hundred rows' worth they leave the
 # core's cache and every evaluation slows down (16-D oracle, 256 rows, exact trace: blocks of 32 rows
-# make the solve 1.4-1.6x faster; docs/results.md). Reverse mode is 1.15x slower in blocks there, and
-# accelerators take the whole batch at once.
+# make the solve 1.75x faster in forward mode, 1.2x in reverse mode; docs/results.md). Accelerators
+# take the whole batch at once.
 CPU_PRODUCTS_PER_BLOCK = 512
 
 
-def trace_blocks(rows: int, vectors: int, product: str = "jvp") -> int:
+def trace_blocks(rows: int, vectors: int) -> int:
     """Blocks of rows in which :func:`probability_flow_field` evaluates ``rows`` x ``vectors`` products:
-    1 for reverse mode or off a CPU; else the fewest of at most :data:`CPU_PRODUCTS_PER_BLOCK` products
-    each (or of one row each, if a row alone has more)."""
-    if product != "jvp" or jax.default_backend() != "cpu":
+    1 off a CPU; on a CPU the fewest of at most :data:`CPU_PRODUCTS_PER_BLOCK` products each (or of one
+    row each, if a row alone has more)."""
+    if jax.default_backend() != "cpu":
         return 1
     return min(rows, -(-rows * vectors // CPU_PRODUCTS_PER_BLOCK))
 
@@ -219,7 +219,7 @@ def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol,
     else:
         vectors = draw_probes(key, x.shape, probe, n_probes, offset, x.dtype)
     field = probability_flow_field(sde, score_fn, vectors, exact=trace == "exact", product=product,
-                                   blocks=trace_blocks(x.shape[0], vectors.shape[0], product), cond=cond)
+                                   blocks=trace_blocks(x.shape[0], vectors.shape[0]), cond=cond)
     tab = solver.tableau
     norm = _per_example_rms_max if error_norm == "per_example" else _batch_rms
     pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
