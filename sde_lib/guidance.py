@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sde_lib.checks import integer, real
 from sde_lib.parameterization import tweedie_x0
 from sde_lib.sampling import api, registry
 from sde_lib.sampling.base import transition
@@ -88,6 +89,7 @@ def classifier_free(cond_score_fn: Callable, null_cond, scale: float) -> Classif
     empty caption's ``{"context": (L, C), "context_mask": (L,)}``), broadcast to the rows; ``scale`` w:
     s_u + w (s_c - s_u), 1 = conditional, 0 = unconditional (k-diffusion's and diffusers' convention).
     """
+    scale = real(scale, "scale")
     return ClassifierFree(cond_score_fn, jax.tree.map(jnp.asarray, null_cond), jnp.asarray(scale, jnp.float32))
 
 
@@ -110,7 +112,7 @@ class ClassifierGuided(eqx.Module):
 def classifier(score_fn: Callable, log_prob_fn: Callable, scale: float) -> ClassifierGuided:
     """Classifier guidance: ``score_fn(x, t)`` plus ``scale`` times the gradient of a noise-conditional
     classifier's ``log_prob_fn(x, t, cond) -> (B,)`` (log p_t(y | x) of each row's class in ``cond``)."""
-    return ClassifierGuided(score_fn, log_prob_fn, jnp.asarray(scale, jnp.float32))
+    return ClassifierGuided(score_fn, log_prob_fn, jnp.asarray(real(scale, "scale"), jnp.float32))
 
 
 # ---------------------------------------------------------------------------------------- inpainting
@@ -243,9 +245,9 @@ def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> np.nda
     one position down (a reverse step) or up (forward noise). After every ``jump_length`` reverse steps
     (except in the last ``jump_length``), go up ``jump_length`` and come down again, ``jump_n_sample - 1``
     times."""
-    if min(steps, jump_length, jump_n_sample) < 1:
-        raise ValueError(f"steps, jump_length and jump_n_sample must be >= 1, got {steps}, {jump_length}, "
-                         f"{jump_n_sample}")
+    steps = integer(steps, "steps", minimum=1)
+    jump_length = integer(jump_length, "jump_length", minimum=1)
+    jump_n_sample = integer(jump_n_sample, "jump_n_sample", minimum=1)
     jumps = {p: jump_n_sample - 1 for p in range(jump_length, steps, jump_length)}
     walk, p = [0], 0
     while p < steps:
@@ -320,18 +322,17 @@ def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: s
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     obs = _observation(x_obs, mask, basis)
     shape = obs.x_obs.shape
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = integer(steps, "steps", minimum=1)
+    eta, zeta = real(eta, "eta", minimum=0, maximum=1), real(zeta, "zeta")
+    eps = None if eps is None else real(eps, "eps")
     if method == "dps" and basis is not None:
         raise ValueError("basis applies to 'replace' and 'repaint'")
     if method == "repaint":
         if sampler not in (None, "ancestral", "ddim") or options:
             raise ValueError("repaint takes its own DDIM steps (eta=1: ancestral); sampler and options do not apply")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        eps = api.default_eps(sde) if eps is None else float(eps)
-        walk = repaint_schedule(int(steps), int(jump_length), int(jump_n_sample))
-        x, ok = _repaint(sde, score_fn, obs, key, walk, cond, int(steps), eps, float(eta))
+        eps = api.default_eps(sde) if eps is None else eps
+        walk = repaint_schedule(steps, jump_length, jump_n_sample)
+        x, ok = _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta)
         return x, {"nfe": int(np.sum(np.diff(walk) > 0)), "ok": ok, "walk": walk}
     sampler = sampler or "ancestral"
     if registry.get(sampler).is_adaptive:
@@ -339,5 +340,5 @@ def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: s
     if method == "replace":
         hook = _ReplaceHook(obs, sde)
     else:
-        hook = _DPSHook(obs, score_fn, cond, float(zeta), nfe_per_step=1)
-    return api.run(sde, score_fn, key, shape, sampler, int(steps), eps=eps, cond=cond, options=options, hook=hook)
+        hook = _DPSHook(obs, score_fn, cond, zeta, nfe_per_step=1)
+    return api.run(sde, score_fn, key, shape, sampler, steps, eps=eps, cond=cond, options=options, hook=hook)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sde_lib.checks import integer, real
 from sde_lib.data.scaling import dequantize_interval
 from sde_lib.sampling.api import bind_score
 from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
@@ -256,17 +257,13 @@ def _solve_options(sde, *, trace="hutchinson", probe="rademacher", n_probes=1, r
     _check_choice("error_norm", error_norm, ERROR_NORMS)
     _check_choice("probe", probe, PROBES)
     _check_choice("product", product, PRODUCTS)
-    if int(n_probes) < 1:
-        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+    n_probes, max_steps = integer(n_probes, "n_probes", minimum=1), integer(max_steps, "max_steps", minimum=1)
+    rtol, atol = real(rtol, "rtol", positive=True), real(atol, "atol", positive=True)
+    eps = real(eps, "eps")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-    if int(max_steps) < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    return dict(trace=trace, probe=probe, n_probes=int(n_probes),
-                rtol=float(rtol), atol=float(atol), eps=float(eps), solver=resolve_solver(solver),
-                product=product, max_steps=int(max_steps), error_norm=error_norm)
+    return dict(trace=trace, probe=probe, n_probes=n_probes, rtol=rtol, atol=atol, eps=eps,
+                solver=resolve_solver(solver), product=product, max_steps=max_steps, error_norm=error_norm)
 
 
 def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, cond=None, trace: str = "hutchinson",
@@ -312,8 +309,8 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, cond=Non
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    if batch_size is not None:
+        batch_size = integer(batch_size, "batch_size", minimum=1)
     options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
@@ -363,12 +360,13 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
 
 # --------------------------------------------------------------------------------- discrete data
 def _check_discrete(levels, scale):
-    if int(levels) != levels or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels}")
-    lo, hi = (float(s) for s in scale)
+    levels = integer(levels, "levels", minimum=2)
+    if not isinstance(scale, (tuple, list)) or len(scale) != 2:
+        raise ValueError(f"scale must be (lo, hi), got {scale!r}")
+    lo, hi = real(scale[0], "scale[0]"), real(scale[1], "scale[1]")
     if not hi > lo:
         raise ValueError(f"scale must be (lo, hi) with hi > lo, got {scale}")
-    return int(levels), lo, hi
+    return levels, lo, hi
 
 
 def bpd_offset(levels: int, scale=(0.0, 1.0)) -> float:
@@ -417,8 +415,9 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
       ``(n_dequant, B)``.
     """
     levels, lo, hi = _check_discrete(levels, scale)
-    if int(n_dequant) < 1:
-        raise ValueError(f"n_dequant must be >= 1, got {n_dequant}")
+    n_dequant = integer(n_dequant, "n_dequant", minimum=1)
+    if batch_size is not None:
+        batch_size = integer(batch_size, "batch_size", minimum=1)
     _validate_levels(k, levels)
     k = jnp.asarray(k)
     n, dim = k.shape[0], math.prod(k.shape[1:])

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sde_lib.checks import integer
 from sde_lib.sdes import SDE, per_sample_keys
 
 
@@ -120,6 +121,7 @@ class GaussianMixture(eqx.Module):
     # --------------------------------------------------------------------------------- public API
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``(n, D)`` exact draws of p_0; row i depends only on (key, i)."""
+        n = integer(n, "n", minimum=1)
 
         def one(k):
             kc, kz = jax.random.split(k)
@@ -131,6 +133,7 @@ class GaussianMixture(eqx.Module):
     def sample_t(self, sde: SDE, key: jax.Array, n: int, t) -> jax.Array:
         """``(n, D)`` exact draws of p_t under ``sde`` (alpha_t x_0 + sigma_t z with x_0 ~ p_0)."""
         alpha, sigma = (jnp.reshape(c, (-1, 1)) for c in sde.marginal_coeffs(jnp.asarray(t, jnp.float32)))
+        n = integer(n, "n", minimum=1)
         kx, kz = jax.random.split(key)
         z = jax.vmap(lambda k: jax.random.normal(k, (self.dim,)))(per_sample_keys(kz, n))
         return alpha * self.sample(kx, n) + sigma * z
@@ -155,7 +158,7 @@ class GaussianMixture(eqx.Module):
         """The mixture of class ``label``: its components, weights renormalised."""
         if self.labels is None:
             raise ValueError("this mixture has no labels: build it with labels=... to condition on a class")
-        keep = np.flatnonzero(np.asarray(self.labels) == int(label))
+        keep = np.flatnonzero(np.asarray(self.labels) == integer(label, "label", minimum=0))
         if keep.size == 0:
             raise ValueError(f"no component has label {label} (classes 0..{self.num_classes - 1})")
         return GaussianMixture(self.means[keep], self.stds[keep], self.weights[keep], self.labels[keep])

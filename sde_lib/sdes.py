@@ -23,6 +23,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from sde_lib.checks import integer, real
+
 
 def batch_broadcast(c: jax.Array, x: jax.Array) -> jax.Array:
     """Reshape per-example coefficients ``c`` of shape ``(B,)`` (or a scalar) to broadcast against ``x``."""
@@ -187,9 +189,10 @@ class VPSDE(SDE):
     beta_max: float = eqx.field(static=True)
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        beta_min, beta_max, N = real(beta_min, "beta_min"), real(beta_max, "beta_max"), integer(N, "N", minimum=1)
         if not 0 < beta_min < beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-        self.beta_min, self.beta_max, self.N = float(beta_min), float(beta_max), int(N)
+        self.beta_min, self.beta_max, self.N = beta_min, beta_max, N
 
     @property
     def discrete_betas(self) -> jax.Array:
@@ -279,9 +282,10 @@ class VESDE(SDE):
     sigma_max: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        sigma_min, sigma_max, N = real(sigma_min, "sigma_min"), real(sigma_max, "sigma_max"), integer(N, "N", minimum=1)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        self.sigma_min, self.sigma_max, self.N = float(sigma_min), float(sigma_max), int(N)
+        self.sigma_min, self.sigma_max, self.N = sigma_min, sigma_max, N
 
     @property
     def _log_ratio(self) -> float:

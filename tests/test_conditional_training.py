@@ -30,6 +30,9 @@ def run(tmp_path_factory):
     return sde_lib.load_run(workdir)
 
 
+KEY0 = jax.random.PRNGKey(0)
+
+
 def mode_shares(x, gmm) -> np.ndarray:
     """The share of samples ``(n, 2)`` nearest to each of the mixture's modes (the ring's modes are 1.5
     apart with std 0.1, so the nearest mode is the one a sample came from)."""
@@ -81,6 +84,28 @@ def test_both_branches_match_the_exact_mixtures(run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.parametrize("call, name", [
+    (lambda r, v: r.sample(KEY0, v, steps=2), "n"),
+    (lambda r, v: r.sample(KEY0, 2, steps=v), "steps"),
+    (lambda r, v: r.sample(KEY0, 2, steps=2, label=v), "label"),
+    (lambda r, v: r.sample(KEY0, 2, steps=2, label=[0, v]), "label"),
+    (lambda r, v: r.sample(KEY0, 2, steps=2, label=0, guidance=v), "guidance"),
+    (lambda r, v: r.bpd(num=v), "num"),
+    (lambda r, v: r.bpd(num=2, n_dequant=v), "n_dequant"),
+    (lambda r, v: r.bpd(num=2, seed=v), "seed"),
+    (lambda r, v: r.bpd(num=2, batch_size=v), "batch_size"),
+])
+def test_run_arguments_are_checked(run, call, name):
+    """A run's integer arguments refuse 1.5, 1.0 and True, its guidance scale NaN and Inf, in one line
+    naming the argument (before: n=1.5 and steps=True ran 1 sample / 1 step, label=1.0 drew class 1)."""
+    bad = [float("nan"), float("inf"), True] if name == "guidance" else [1.5, 1.0, True]
+    for v in bad:
+        with pytest.raises((TypeError, ValueError)) as err:
+            call(run, v)
+        assert name in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_a_trained_noisy_classifier_guides_like_the_exact_one(tmp_path):
     cfg = dict(CFG, **{"training.objective": "classifier", "model.name": "classifier", "training.n_iters": 1000,
                        "training.eval_freq": 500, "training.cond_drop_prob": 0.0})

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 from sde_lib import data
+from sde_lib.checks import integer
 from sde_lib.conditioning.registry import ConditionKind, Context, register
 from sde_lib.conditioning.tokenizers import (
     UNK,
@@ -103,8 +104,11 @@ class Label(ConditionKind):
         bad = [v for v in raw.ravel() if isinstance(v, str)]
         if bad:
             raise ValueError(f"{source}: {bad[0]!r} is not a class of this run ({', '.join(ctx.encoder or ())})")
-        y = raw.astype(np.float64)
         n = int(ctx.config.model.num_classes)
+        if source == self.user_arg:  # a user's value: an integer type (checks.integer), not 3.0 or True
+            for v in raw.ravel():
+                integer(v, source, minimum=0, maximum=n - 1)
+        y = raw.astype(np.float64)
         if y.size and not np.all(np.mod(y, 1) == 0):
             raise ValueError(f"{source}: labels must be integers, got {y.ravel()[:5].tolist()}")
         if y.size and (y.min() < 0 or y.max() >= n):

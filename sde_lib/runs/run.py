@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from sde_lib import conditioning, sampling, training
+from sde_lib.checks import integer, real
 from sde_lib.data import load_split
 from sde_lib.data.pipeline import first_choice
 from sde_lib.guidance import classifier_free
@@ -202,10 +203,9 @@ class Run:
         """
         self._require("score")
         s = self.config.sampling
-        if int(n) < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if steps is not None and int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        n = integer(n, "n", minimum=1)
+        steps = s.steps if steps is None else integer(steps, "steps", minimum=1)
+        guidance = None if guidance is None else real(guidance, "guidance")
         user = self._user_condition(n, condition, options)
         if user is not None and cond is not None:
             raise ValueError("give one condition: a cond dict or the run's condition keyword, not both")
@@ -216,11 +216,11 @@ class Run:
             cond = self._null_rows(n)  # the unconditional branch
         score = self.score_fn
         if guidance is not None:
-            score = classifier_free(score, self.null_cond, float(guidance))
+            score = classifier_free(score, self.null_cond, guidance)
         name = sampler or s.sampler
         opts = {**(dict(s.options) if name == s.sampler else {}), **options}
-        x, info = sampling.sample(self.sde, score, key, (int(n), *self.model_dims), sampler=name,
-                                  steps=int(steps or s.steps), x_init=x_init, cond=cond,
+        x, info = sampling.sample(self.sde, score, key, (n, *self.model_dims), sampler=name,
+                                  steps=steps, x_init=x_init, cond=cond,
                                   eps=s.eps if eps is None else eps,
                                   denoise=s.denoise if denoise is None else denoise, **opts)
         return (self.decode(x) if decode else x), info
@@ -247,17 +247,17 @@ class Run:
             raise ValueError(f"{self.workdir} is a latent run: its decoder has no density, so it has no bits/dim")
         d, e = self.config.data, self.config.eval
         split = split or e.split
-        for name, value in (("num", num), ("n_dequant", n_dequant), ("batch_size", batch_size)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        data = load_split(d, split)[: int(num or e.num_samples)]
+        num = e.num_samples if num is None else integer(num, "num", minimum=1)
+        n_dequant = e.bpd_num_repeats if n_dequant is None else integer(n_dequant, "n_dequant", minimum=1)
+        batch_size = e.batch_size if batch_size is None else integer(batch_size, "batch_size", minimum=1)
+        seed = integer(seed, "seed", minimum=0)
+        data = load_split(d, split)[:num]
         if conditional and self.kind is None:
             raise ValueError(f"{self.workdir} is unconditional: conditional=True needs a conditional run")
         cond = None if self.kind is None else self._null_rows(len(data))
         if conditional:
             arrays = first_choice(self.assembly.condition_arrays(split))  # an image's first caption
             cond = {k: jax.numpy.asarray(v[: len(data)]) for k, v in arrays.items()}
-        batch_size = int(batch_size or e.batch_size)
         start = time.perf_counter()
         key = jax.random.PRNGKey(seed)
         if d.levels is None:  # continuous data: the density itself, in nats per dimension
@@ -270,7 +270,7 @@ class Run:
                     "trace": trace, "seconds": time.perf_counter() - start}
         bpd, info = bits_per_dim(self.sde, self.score_fn, data, key, levels=d.levels,
                                  scale=(-1.0, 1.0) if d.centered else (0.0, 1.0),
-                                 n_dequant=int(n_dequant or e.bpd_num_repeats), trace=trace,
+                                 n_dequant=n_dequant, trace=trace,
                                  batch_size=batch_size, eps=self.config.training.eps, cond=cond)
         bpd = to_host(bpd)
         return {"step": self.step, "split": split, "num": len(data), "bpd": float(np.mean(bpd)),

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.sampling.base import ScoreSolver
+from sde_lib.checks import integer_option
 from sde_lib.sampling.registry import Option, Sampler, register
 
 _IPNDM = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -104,10 +105,11 @@ class DEIS(_AdamsRho):
         return jax.lax.switch(order - 1, [lambda q=q: weights(q) for q in (1, 2, 3, 4)])
 
 
-_ORDER = Option("order", 3, "1 to 4: Adams-Bashforth order (past evaluations used + 1)", lambda v: v in (1, 2, 3, 4))
+_ORDER = Option("order", 3, "1 to 4: Adams-Bashforth order (past evaluations used + 1)",
+                integer_option(choices=(1, 2, 3, 4)))
 register(Sampler("ipndm", family="exponential", grid="edm",
                  doc="iPNDM, constant-step Adams-Bashforth in sigma (`order`)",
-                 options=(Option("order", 4, "1 to 4", lambda v: v in (1, 2, 3, 4)),),
+                 options=(Option("order", 4, "1 to 4", integer_option(choices=(1, 2, 3, 4))),),
                  solver=lambda sde, steps, o: IPNDM(sde, solver_order=int(o["order"]))))
 register(Sampler("deis", family="exponential", grid="logsnr",
                  doc="DEIS tAB (`basis` t) or rhoAB (`basis` rho), `order`",

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
+from sde_lib.checks import integer, real
 from sde_lib.parameterization import tweedie_x0
 from sde_lib.sampling import registry
 from sde_lib.sampling.grids import check_time_grid, resolve_time_grid
@@ -153,22 +154,23 @@ def run(sde: SDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], sam
     options = options or {}
     if hook is not None and spec.is_adaptive:
         raise ValueError(f"sampler {sampler!r} is adaptive; this method needs a fixed-step sampler")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
+    if not isinstance(shape, (tuple, list)) or len(shape) < 2:
+        raise ValueError(f"shape must be a tuple (B, *dims), got {shape!r}")
+    shape = tuple(integer(s, "shape", minimum=1) for s in shape)
     if x_init is not None and tuple(x_init.shape) != shape:
         raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-    if not spec.is_adaptive and int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    eps = default_eps(sde) if eps is None else float(eps)
+    steps = integer(steps, "steps", minimum=1)
+    if not isinstance(denoise, (bool, np.bool_)):
+        raise TypeError(f"denoise must be True or False, got {denoise!r}")
+    eps = default_eps(sde) if eps is None else real(eps, "eps")
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
     if cond is not None:
         _check_cond(cond, shape[0])
     opts = spec.parse_options(options)
     if not spec.is_adaptive:
-        check_time_grid(sde, opts["time_grid"], int(steps), eps)
-    x, nfe, ok, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
+        check_time_grid(sde, opts["time_grid"], steps, eps)
+    x, nfe, ok, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, steps, eps, bool(denoise),
                                        opts, cond, hook)
     info = {"nfe": nfe, "ok": ok, "ts": ts}
     if traj is not None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from sde_lib.sampling.base import ScoreSolver
 from sde_lib.sampling.noise import normal_like_rows, time_bits
+from sde_lib.checks import real_option
 from sde_lib.sampling.registry import Option, Sampler, register
 
 
@@ -58,7 +59,9 @@ class EDMHeun(ScoreSolver):
 register(Sampler(
     "edm_heun", family="edm", grid="edm", nfe_per_step=2,
     doc="churn `S_churn`, `S_tmin`, `S_tmax`, `S_noise`; any SDE via sigma(t)",
-    options=(Option("S_churn", 0.0, ">= 0", lambda v: v >= 0), Option("S_tmin", 0.0, "churn from this sigma"),
-             Option("S_tmax", float("inf"), "churn up to this sigma"), Option("S_noise", 1.0, ">= 0", lambda v: v >= 0)),
+    options=(Option("S_churn", 0.0, ">= 0", real_option(minimum=0)),
+             Option("S_tmin", 0.0, "churn from this sigma", real_option(minimum=0)),
+             Option("S_tmax", float("inf"), "churn up to this sigma", real_option(minimum=0, finite=False)),
+             Option("S_noise", 1.0, ">= 0", real_option(minimum=0))),
     solver=lambda sde, steps, o: EDMHeun(sde, n_steps=steps, s_churn=float(o["S_churn"]), s_tmin=float(o["S_tmin"]),
                                          s_tmax=float(o["S_tmax"]), s_noise=float(o["S_noise"]))))

@@ -38,6 +38,7 @@ import numpy as np
 
 from sde_lib.sampling.base import ScoreSolver, transition
 from sde_lib.sampling.noise import normal_like_rows, time_bits
+from sde_lib.checks import integer_option, real_option
 from sde_lib.sampling.registry import Option, Sampler, register
 
 PREDICTIONS = ("noise", "data")
@@ -307,7 +308,7 @@ class UniPC(_Multistep):
 _LOF = Option("lower_order_final", True, "lower the order of the last steps of runs under 10 steps")
 _PRED = Option("prediction", "data", "noise | data: the model output the update expands", lambda v: v in PREDICTIONS)
 register(Sampler("ddim", family="exponential", grid="logsnr", doc="DDIM, `eta` in [0, 1]",
-                 options=(Option("eta", 0.0, "stochasticity in [0, 1]", lambda v: 0.0 <= v <= 1.0),),
+                 options=(Option("eta", 0.0, "stochasticity in [0, 1]", real_option(minimum=0, maximum=1)),),
                  solver=lambda sde, steps, o: DDIM(sde, eta=float(o["eta"]))))
 for _order in (2, 3):
     register(Sampler(f"dpm_solver_{_order}", family="exponential", grid="logsnr",
@@ -327,7 +328,7 @@ for _order in (2, 3):
                          sde, solver_order=k, n_steps=steps, lower_order_final=bool(o["lower_order_final"]))))
 register(Sampler("unipc", family="exponential", grid="logsnr",
                  doc="UniPC predictor-corrector (`order`, `variant` bh1 | bh2, `prediction` noise | data)",
-                 options=(Option("order", 3, "1, 2 or 3", lambda v: v in (1, 2, 3)), _LOF,
+                 options=(Option("order", 3, "1, 2 or 3", integer_option(choices=(1, 2, 3))), _LOF,
                           Option("variant", "bh2", "bh1 | bh2: B(h) = h or e^h - 1", lambda v: v in ("bh1", "bh2")),
                           _PRED),
                  solver=lambda sde, steps, o: UniPC(sde, solver_order=int(o["order"]), n_steps=steps,

@@ -15,7 +15,7 @@ Adding a sampler is one solver class and one :func:`register` call in its module
 (``available_samplers``, the ablation, the README table) and NFE arithmetic read the registry::
 
     register(Sampler("ddim", family="exponential", grid="logsnr", doc="DDIM; eta = 1 is ancestral",
-                     options=(Option("eta", 0.0, "stochasticity in [0, 1]", lambda v: 0 <= v <= 1),),
+                     options=(Option("eta", 0.0, "stochasticity in [0, 1]", real_option(minimum=0, maximum=1)),),
                      solver=lambda sde, steps, o: DDIM(sde, eta=float(o["eta"]))))
 """
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
+
+from sde_lib.checks import integer_option, real_option
 
 FAMILIES = ("sde", "ode", "exponential", "edm")
 TERMS = ("score", "probability_flow", "reverse_sde")
@@ -38,24 +40,16 @@ class Option:
     check: Callable[[Any], bool] | None = None
 
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _positive_int(v) -> bool:
-    return int(v) == v and v >= 1
-
-
 # Options every sampler takes, so that one option set can drive a whole ablation: the grid options
 # apply to fixed-step samplers (``time_grid`` is validated by ``grids.check_time_grid``), the tolerance
 # options to adaptive ones; each kind ignores the other's.
 COMMON_OPTIONS = (
     Option("time_grid", None, "fixed steps: uniform | quadratic | logsnr | edm | an array (default: the sampler's)"),
-    Option("rho", 7.0, "fixed steps: exponent of the edm grid", _positive),
-    Option("rtol", 1e-5, "adaptive: relative tolerance", _positive),
-    Option("atol", 1e-5, "adaptive: absolute tolerance", _positive),
-    Option("max_steps", 4096, "adaptive: step cap of each solve", _positive_int),
-    Option("dt0", None, "adaptive: first step size (default (T - eps) / 100)"),
+    Option("rho", 7.0, "fixed steps: exponent of the edm grid", real_option(positive=True)),
+    Option("rtol", 1e-5, "adaptive: relative tolerance", real_option(positive=True)),
+    Option("atol", 1e-5, "adaptive: absolute tolerance", real_option(positive=True)),
+    Option("max_steps", 4096, "adaptive: step cap of each solve", integer_option(minimum=1)),
+    Option("dt0", None, "adaptive: first step size (default (T - eps) / 100)", real_option(positive=True)),
     Option("save_trajectory", False, "True for every step, or a diffrax.SaveAt"),
     Option("progress", False, "fixed steps: tqdm progress bar"),
 )
@@ -75,6 +69,7 @@ class Sampler:
       options: the sampler's own options beyond those of its kind.
       terms, solver: how a fixed-step sampler runs; adaptive: how an adaptive one does.
       nfe_doc: the NFE formula for listings when ``nfe_per_step`` is a function of the options.
+      defaults: this sampler's own defaults of common options (e.g. looser tolerances for an SDE solve).
     """
 
     name: str
@@ -88,6 +83,7 @@ class Sampler:
     solver: Callable | None = None
     adaptive: Callable | None = None
     nfe_doc: str = ""
+    defaults: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -112,18 +108,20 @@ class Sampler:
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for sampler {self.name!r}; it takes {sorted(known)}")
         merged = {name: o.default for name, o in known.items()}
+        merged.update(self.defaults)
         merged.update(options)
         if not self.is_adaptive and merged["time_grid"] is None:
             merged["time_grid"] = self.grid
         for name, o in known.items():
             value = merged[name]
+            reason = ""
             try:
                 ok = o.check is None or value is None and o.default is None or bool(o.check(value))
-            except (TypeError, ValueError):
-                ok = False
+            except (TypeError, ValueError) as err:
+                ok, reason = False, str(err).replace("the value ", "it ")
             if not ok:
                 raise ValueError(f"invalid value {value!r} for option {name!r} of sampler {self.name!r}"
-                                 + (f" ({o.doc})" if o.doc else ""))
+                                 + (f": {reason}" if reason else "") + (f" ({o.doc})" if o.doc else ""))
         return merged
 
     def step_nfe(self, options: dict | None = None) -> int:
@@ -201,6 +199,8 @@ def markdown_table() -> str:
     for name in available_samplers():
         spec = _REGISTRY[name]
         options = ", ".join(f"`{o.name}`" for o in spec.options) or "-"
+        if spec.defaults:
+            options += " (" + ", ".join(f"{k} = {v:g}" for k, v in spec.defaults.items()) + " by default)"
         doc = spec.doc.replace("|", "\\|")  # a literal bar inside a table cell
         lines.append(f"| `{name}` | {spec.family} | {_nfe_text(spec)} | {spec.grid or '-'} | {options} | {doc} |")
     return "\n".join(lines) + "\n"
