@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 
 
+MAX_NONFINITE_TRIALS = 10
+
+
 class CountingPIDController(diffrax.AbstractAdaptiveStepSizeController):
     """PID step-size control that also counts vector-field evaluations.
 
@@ -52,15 +55,23 @@ class CountingPIDController(diffrax.AbstractAdaptiveStepSizeController):
                                     error_order - 1, t1 - t0)
             count = 2
         tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.full((), count, jnp.int32), jnp.zeros((), bool))
+        return tnext, (state, jnp.full((), count, jnp.int32), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        state, count, accepted = controller_state
+        state, count, accepted, streak = controller_state
         keep, nt0, nt1, jump, state, result = self.pid.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
         cost = self.stages - jnp.where(self.fsal & accepted, 1, 0)
-        return keep, nt0, nt1, jump, (state, count + cost, accepted | keep), result
+        # A trial step whose result is not finite is rejected and the step shrunk by diffrax's factormin
+        # (0.2), which is right for a step that overflowed, but a NaN score never recovers: the solve would
+        # spin until max_steps while its batch-mates wait (the vmapped loop runs until every row is done).
+        # After MAX_NONFINITE_TRIALS such trials in a row (the step 0.2^10 ~ 1e-7 of where it started) the
+        # solve ends, marked ``nonfinite``.
+        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(y)) for y in jax.tree.leaves(y1_candidate)]))
+        streak = jnp.where(bad, streak + 1, 0)
+        result = diffrax.RESULTS.where(streak >= MAX_NONFINITE_TRIALS, diffrax.RESULTS.nonfinite, result)
+        return keep, nt0, nt1, jump, (state, count + cost, accepted | keep, streak), result
 
 
 def initial_step_size(field, t0, y0, rtol: float, atol: float, norm, order: int, max_step):

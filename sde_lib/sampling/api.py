@@ -15,8 +15,9 @@ denoising step adds one.
 
 Failures are reported, not hidden: the score function's output shape is checked once at trace time
 (a ValueError naming both shapes), and ``info["ok"]`` ``(B,)`` says which samples are finite and, for
-adaptive samplers, whose solve succeeded (a NaN score makes an adaptive solve shrink its steps until
-``max_steps``; the row is then marked, not raised on). Called outside ``jax.jit``, :func:`sample` also
+adaptive samplers, whose solve succeeded (a row whose score is NaN ends its solve after
+``step_control.MAX_NONFINITE_TRIALS`` non-finite trial steps in a row and is marked, not raised on; the
+other rows' solves are untouched). Called outside ``jax.jit``, :func:`sample` also
 warns in one line when any sample is not ok.
 
 Conditioning: with ``cond`` (a pytree whose leaves have leading dimension B) the score is called as
