@@ -38,6 +38,7 @@ class DataSpec:
     random_flip: bool
     uniform_dequantization: bool
     seed: int
+    pairs: str | None = None
 
 
 def parse(data_cfg) -> DataSpec:
@@ -73,7 +74,7 @@ def parse(data_cfg) -> DataSpec:
         None if size is None else int(size), None if channels is None else int(channels),
         None if levels is None else int(levels),
         bool(get("centered", False)), bool(get("random_flip", False)),
-        bool(get("uniform_dequantization", False)), int(get("seed", 0)),
+        bool(get("uniform_dequantization", False)), int(get("seed", 0)), get("pairs") or None,
     )  # fmt: skip
 
 
