@@ -3,9 +3,11 @@
 The host loop is score_sde's likelihood.py design: scipy's solve_ivp (RK45) on the flattened batch,
 calling one jitted drift-and-divergence function per evaluation and copying state between host and
 device each time. Two host loops are timed: with score_sde's reverse-mode divergence, and with our
-forward-mode field (sde_lib.likelihood.probability_flow_field), so the second differs from ours only
-in the solve. Same score function, points and tolerances; compiled functions are warmed up before
-timing. Several ``--tols`` give a work-precision table and an equal-accuracy comparison.
+forward-mode field (sde_lib.likelihood.probability_flow_field, in the same row blocks as ours), so the
+second differs from ours only in the solve. Same score function, points and tolerances; compiled
+functions are warmed up before timing, then every method is called ``--repeats`` times in turn
+(round robin, so a change of machine load hits all alike) and the median call is reported. Several
+``--tols`` give a work-precision table and an equal-accuracy comparison.
 
     .venv/bin/python scripts/benchmark_likelihood.py --n 256 --out out/benchmark_likelihood.json
     .venv/bin/python scripts/benchmark_likelihood.py --workdir runs/quickstart --n 64 --tols 1e-4,1e-5
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -78,13 +81,13 @@ def workdir_source(workdir: str, n: int, eps: float, seed: int):
             "vectors": probes, "trace": "hutchinson"}
 
 
-def host_loop(src, rtol, atol, eps, product):
+def host_loop(src, rtol, atol, eps, product, blocks=1):
     """score_sde-style solve: returns a function running one solve -> (z, delta, nfe)."""
     sde, x = src["sde"], src["x"]
     shape, n = x.shape, x.shape[0]
     exact = src.get("trace", "exact") == "exact"
     vectors = L._basis(x) if exact else src["vectors"]
-    field = L.probability_flow_field(sde, src["score_fn"], vectors, exact=exact, product=product)
+    field = L.probability_flow_field(sde, src["score_fn"], vectors, exact=exact, product=product, blocks=blocks)
     field = jax.jit(field)
 
     def ode_func(t, y):
@@ -115,16 +118,22 @@ def ours(src, rtol, atol, eps, **options):
     return run
 
 
-def measure(run, error, repeats):
-    run()  # warm-up: compilation excluded
-    times = []
+def measure(methods, error, repeats):
+    """``{name: row}``: each method's NFE, median and minimum wall time of ``repeats`` calls taken in
+    turn with the other methods', and its errors."""
+    outs = {name: run() for name, run in methods.items()}  # warm-up: compilation excluded
+    times = {name: [] for name in methods}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        z, delta, nfe = run()
-        times.append(time.perf_counter() - t0)
-    err = error(z, delta)
-    return {"nfe": int(nfe), "wall_s": min(times), "max_err_per_dim": float(err.max()),
-            "mean_err_per_dim": float(err.mean())}
+        for name, run in methods.items():
+            t0 = time.perf_counter()
+            outs[name] = run()
+            times[name].append(time.perf_counter() - t0)
+    rows = {}
+    for name, (z, delta, nfe) in outs.items():
+        err = error(z, delta)
+        rows[name] = {"nfe": int(nfe), "wall_s": statistics.median(times[name]), "min_s": min(times[name]),
+                      "max_err_per_dim": float(err.max()), "mean_err_per_dim": float(err.mean())}
+    return rows
 
 
 def main(argv=None):
@@ -135,7 +144,7 @@ def main(argv=None):
     p.add_argument("--tols", default="1e-5",
                    help="comma-separated rtol = atol values; several give a work-precision table")
     p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="a trained run instead of the oracle (Hutchinson, 1 probe)")
     p.add_argument("--out", default="out/benchmark_likelihood.json")
@@ -144,18 +153,20 @@ def main(argv=None):
 
     if a.workdir:
         src = workdir_source(a.workdir, a.n, a.eps, a.seed)
+        blocks = L.trace_blocks(src["x"].shape[0], src["vectors"].shape[0])
         hutch = dict(trace="hutchinson", solver="dopri5", product="jvp")
         methods = lambda tol: {
             HOST_SCORE_SDE: host_loop(src, product="vjp", **tol),
-            HOST_FUSED: host_loop(src, product="jvp", **tol),
+            HOST_FUSED: host_loop(src, product="jvp", blocks=blocks, **tol),
             "ours: diffrax Dopri5, per-example error": ours(src, **hutch, **tol),
             "ours: diffrax Dopri5, batch error norm": ours(src, error_norm="batch", **hutch, **tol),
         }
     else:
         src = oracle_source(a.mixture, a.sde, a.n, a.eps, a.seed)
+        blocks = L.trace_blocks(a.n, math.prod(src["x"].shape[1:]))
         methods = lambda tol: {
             HOST_SCORE_SDE: host_loop(src, product="vjp", **tol),
-            HOST_FUSED: host_loop(src, product="jvp", **tol),
+            HOST_FUSED: host_loop(src, product="jvp", blocks=blocks, **tol),
             "ours: diffrax Tsit5, exact trace (jvp)": ours(src, trace="exact", solver="tsit5", product="jvp", **tol),
             "ours: diffrax Dopri5, exact trace (jvp)": ours(src, trace="exact", solver="dopri5", product="jvp", **tol),
             "ours: diffrax Dopri5, exact trace, batch error norm": ours(src, trace="exact", solver="dopri5",
@@ -168,14 +179,15 @@ def main(argv=None):
         }
     rows = []
     for tol in tols:
-        for name, run in methods(dict(rtol=tol, atol=tol, eps=a.eps)).items():
-            rows.append({"tol": tol, "method": name, **measure(run, src["error"], a.repeats)})
+        for name, row in measure(methods(dict(rtol=tol, atol=tol, eps=a.eps)), src["error"], a.repeats).items():
+            rows.append({"tol": tol, "method": name, **row})
             print(f"  tol {tol:g}  {name}: {rows[-1]}", flush=True)
     return report(a, src, rows)
 
 
-# Two baselines: score_sde's divergence is reverse mode (a gradient of <s(x), u>); the second host loop
-# calls our forward-mode field, so its gap to ours is the host round trip and the step control alone.
+# Two baselines: score_sde's divergence is reverse mode (a gradient of <s(x), u>) over the whole batch;
+# the second host loop calls our forward-mode field in our row blocks, so its gap to ours is the host
+# round trip and the step control alone.
 HOST_SCORE_SDE = "host loop (score_sde): scipy RK45, reverse-mode divergence"
 HOST_FUSED = "host loop: scipy RK45, our forward-mode field"
 
@@ -194,9 +206,10 @@ def equal_accuracy(rows):
 def report(a, src, rows):
     lines = [f"Source {src['name']}, {a.n} points, D={math.prod(src['x'].shape[1:])}, rtol = atol = tol, "
              f"eps={a.eps}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax "
-             f"{jax.__version__} ({jax.default_backend()}); best of {a.repeats} (shared CPU: the minimum is the "
-             "least disturbed). Ratios are against the host loops at the same tolerance.",
-             "", "| tol | method | NFE | wall time (s) | vs score_sde loop | vs host loop, our field | max err (nats/dim) | mean err (nats/dim) |",
+             f"{jax.__version__} ({jax.default_backend()}); median of {a.repeats} calls, methods taking turns (shared "
+             "CPU: alike load on every method). Ratios are against the host loops at the same tolerance.",
+             "", "| tol | method | NFE | median wall time (s) | vs score_sde loop | vs host loop, our field "
+                 "| max err (nats/dim) | mean err (nats/dim) |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = {h: next(b for b in rows if b["tol"] == r["tol"] and b["method"] == h)["wall_s"]

@@ -21,7 +21,8 @@ import numpy as np
 from sde_lib import cli, figures
 from sde_lib.evaluation import canvas as canvas_eval
 from sde_lib.evaluation import report
-from sde_lib.data import to_uint8
+from sde_lib.metrics.canvas import get_evaluator
+from sde_lib.data import canvas, to_uint8
 
 
 def parser() -> cli.ArgumentParser:
@@ -33,6 +34,8 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--prompts", type=int, default=40, help="prompts per set")
     p.add_argument("--per_prompt", type=int, default=5, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--canvas", default=None, help="the canvas data set of the runs' images (default: their "
+                   "data.dataset; needed for runs trained on scripts/export_canvas.py's files)")
     p.add_argument("--cache_dir", default=None, help="evaluator cache folder")
     p.add_argument("--out", default="out/canvas")
     p.add_argument("--overwrite", action="store_true")
@@ -42,8 +45,6 @@ def parser() -> cli.ArgumentParser:
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     with cli.exit_on_user_error():
-        from sde_lib.metrics.canvas import get_evaluator
-
         for name, value in (("--steps", a.steps), ("--prompts", a.prompts), ("--per_prompt", a.per_prompt)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -52,16 +53,17 @@ def main(argv=None) -> None:
         runs = [_load(w) for w in a.workdirs.split(",") if w.strip()]
         if not runs:
             raise ValueError("--workdirs is empty")
-        name = runs[0].config.data.dataset
-        if not name.startswith("canvas") or any(r.config.data.dataset != name for r in runs):
-            raise ValueError(f"--workdirs must all be runs on one canvas data set, got "
+        name = a.canvas or runs[0].config.data.dataset
+        if name not in canvas.SPECS or (a.canvas is None and any(r.config.data.dataset != name for r in runs)):
+            raise ValueError(f"--workdirs must all be runs on one canvas data set (or name it: --canvas), got "
                              f"{[r.config.data.dataset for r in runs]}")
         evaluator = get_evaluator(name, cache_dir=a.cache_dir)
         meta = {"ceiling": canvas_eval.real_ceiling(name, evaluator, a.prompts, a.seed)}
         stage = next((r.first_stage for r in runs if r.first_stage is not None), None)
         if stage is not None:
             meta["autoencoder"] = {"workdir": stage.workdir, "step": stage.step,
-                                   **canvas_eval.autoencoder_quality(stage, name, evaluator)}
+                                   **canvas_eval.autoencoder_quality(stage, name, evaluator, n_fd=a.prompts * a.per_prompt,
+                                                                     seed=a.seed)}
         rows, grids = [], []
         for i, run in enumerate(runs):
             conditional = run.kind is not None
@@ -73,11 +75,12 @@ def main(argv=None) -> None:
             for sampler in samplers:
                 for w in scales:
                     r = canvas_eval.evaluate_run(run, evaluator, n_prompts=a.prompts, per_prompt=a.per_prompt,
-                                                 guidance=w, sampler=sampler, steps=a.steps, seed=a.seed)
+                                                 guidance=w, sampler=sampler, steps=a.steps, seed=a.seed,
+                                                 canvas=name)
                     rows.append({"run": _name(run),
                                  "conditioning": _conditioning(run), "space": "latent" if run.first_stage else "pixel",
                                  **r})
-            grids.append(_grid(run, a.seed))
+            grids.append(_grid(run, a.seed, name))
         md = _markdown(rows, meta)
         paths = report.write_report(a.out, "canvas", rows, md, meta=meta, overwrite=a.overwrite,
                                     plot=lambda path: figures.save_png(path, _stack(grids)))
@@ -108,7 +111,7 @@ def _conditioning(run) -> str:
 PROMPTS = ("a 3 left of a 7", "a 7 left of a 3", "a 2 above a 5", "an 8 at the top right")
 
 
-def _grid(run, seed: int):
+def _grid(run, seed: int, name: str):
     """A labelled grid: one row per prompt, 6 samples each (guidance 3)."""
     d = run.config.data
     rows, labels = [], []
@@ -117,7 +120,7 @@ def _grid(run, seed: int):
         if run.kind is not None and run.kind.name == "caption":
             kw = {"condition": prompt, "guidance": 3.0}
         elif run.kind is not None and run.kind.name == "layout":
-            kw = {"condition": _layout_of(prompt, run), "guidance": 3.0}
+            kw = {"condition": _layout_of(prompt, name), "guidance": 3.0}
         x, _ = run.sample(jax.random.PRNGKey(seed), 6, "dpm_solver_pp_3m", 20, **kw)
         rows.append(to_uint8(np.asarray(x), d.levels, d.centered))
         labels.append(prompt if kw else f"(unconditional) {prompt}")
@@ -125,11 +128,9 @@ def _grid(run, seed: int):
     return figures.labelled_rows(rows, labels, title, cell=48)
 
 
-def _layout_of(prompt: str, run) -> np.ndarray:
+def _layout_of(prompt: str, name: str) -> np.ndarray:
     """The boxes of a caption (the top row for a relation "left of", the left column for "above")."""
-    from sde_lib.data import canvas
-
-    spec = canvas.SPECS[run.config.data.dataset]
+    spec = canvas.SPECS[name]
     words = prompt.split()
     names = {n: i for i, n in enumerate(spec.class_names)}
     if " at the " in prompt:
@@ -156,7 +157,9 @@ def _markdown(rows, meta) -> str:
         ae = meta["autoencoder"]
         lines.append(f"Autoencoder {ae['workdir']} (step {ae['step']}): PSNR {ae['psnr']:.2f} dB; slot accuracy "
                      f"{ae['slot_accuracy_recon']:.3f} on reconstructions vs {ae['slot_accuracy_real']:.3f} on the "
-                     f"originals; adherence {ae['adherence_recon']:.3f} vs {ae['adherence_real']:.3f}.")
+                     f"originals; adherence {ae['adherence_recon']:.3f} vs {ae['adherence_real']:.3f}; FD of "
+                     f"reconstructions against as many real canvases as the samples' FD uses {ae['fd_recon']:.3f} "
+                     f"(KID {ae['kid_recon']:.4f}): the floor latent samples can reach.")
     lines += ["", "| run | space | conditioning | sampler | guidance | NFE | seen | binding | composition | FD | KID "
                   "| s / sample |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -4,10 +4,11 @@
 
 Sampler, steps, options and count default to the run's config.sampling; --option NAME=VALUE (repeatable)
 sets a sampler option, e.g. --option eta=0.5. A conditional run takes its condition kind's flag
-(``sde_lib.conditioning``): --label (a class, a comma list, or ``all``: one row per class), --prompt
-"a 3 left of a 7", --layout "3,0,0,0.5,0.5;7,0.5,0,1,0.5", --cond_image FILE.png or test:N; or --cond,
-which any kind reads, its own included. Each flag is repeatable; each value gives a labelled row of
---num samples. --guidance W: classifier-free guidance s_u + W (s_c - s_u) (without it, the conditional
+(``sde_lib.conditioning``): --label (a class number or name, a comma list, or ``all``: one row per class),
+--prompt "a 3 left of a 7", --layout "3,0,0,0.5,0.5;sandal,0.5,0,1,0.5", --embedding FILE.npy or test:N,
+--cond_image FILE.png or test:N; or --cond, which any kind reads, its own included. Each flag is
+repeatable, and each has a file form, one value a line: --labels, --prompts, --layouts, ... FILE (or
+--cond_file FILE). Each value gives a labelled row of --num samples. --guidance W: classifier-free guidance s_u + W (s_c - s_u) (without it, the conditional
 model itself). Latent runs return decoded images. Reads the run folder only. Writes OUT.png and OUT.npz
 (arrays ``samples``, ``nfe``, ``step``, ``conditions``) with OUT = --out, default
 out/samples/<run>/<sampler>_<steps>[_<condition>]_seed<seed>; existing files are kept unless --overwrite.
@@ -42,8 +43,25 @@ _OUT = flags.DEFINE_string("out", None, "Output path without extension.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (conditional runs).")
 _COND = flags.DEFINE_multi_string("cond", [], "Condition of a conditional run, in its kind's format, repeatable.")
-# One flag per registered condition kind, named after its user_arg (--label, --prompt, --layout, --cond_image).
+_COND_FILE = flags.DEFINE_string("cond_file", None, "A file of conditions in the run's kind's format, one a line.")
+# Per registered condition kind, a flag named after its user_arg (--label, --prompt, --layout, --embedding,
+# --cond_image) and a file of such values, one a line (--labels, --prompts, --layouts, ...).
 _KIND_FLAGS = {k.user_arg: flags.DEFINE_multi_string(k.user_arg, [], k.help) for k in conditioning.registered()}
+_KIND_FILES = {k.user_arg: flags.DEFINE_string(k.user_arg + "s", None, f"A file of --{k.user_arg} values, one a "
+                                                                       f"line (a labelled row each).")
+               for k in conditioning.registered()}
+
+
+def read_lines(path: str, flag: str) -> list[str]:
+    """The non-empty lines of a condition file (surrounding white space removed); one line naming the file."""
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--{flag}={path}: cannot read the file ({err})") from None
+    if not lines:
+        raise ValueError(f"--{flag}={path}: the file holds no conditions")
+    return lines
 
 
 def parse_options(items: list[str]) -> dict:
@@ -62,8 +80,9 @@ def parse_options(items: list[str]) -> dict:
 def conditions(run) -> tuple[str, list[tuple[str, object]]]:
     """``(flag, [(label, value), ...])``: the rows the condition flags ask for (``("", [])`` for none)."""
     given = {arg: f.value for arg, f in _KIND_FLAGS.items() if f.value}
-    if _COND.value:
-        given["cond"] = _COND.value
+    given.update({arg: read_lines(f.value, arg + "s") for arg, f in _KIND_FILES.items() if f.value and arg not in given})
+    if _COND.value or _COND_FILE.value:
+        given["cond"] = _COND.value + (read_lines(_COND_FILE.value, "cond_file") if _COND_FILE.value else [])
     if len(given) > 1:
         raise ValueError(f"give one condition flag, got {', '.join('--' + g for g in sorted(given))}")
     if not given:

@@ -114,6 +114,16 @@ SCHEMA = {
         "uniform_dequantization": (False, "train on uniformly dequantised data instead of bin centres"),
         "levels": (256, "grey levels of discrete data; None: continuous data"),
         "seed": (0, "seed of the data's own train/test split (where a source has none)"),
+        "resize": ("crop", "image files of another size: crop (the centred square, resized) | squash (resized "
+                           "whole) | pad (centred on a black square)"),
+        "captions": ("", "image folders: the captions file (metadata.jsonl or .csv: file_name, text; {split} is "
+                         "replaced); '' = the split folder's metadata.jsonl / metadata.csv"),
+        "layouts": ("", "image folders: the COCO instances file of the boxes ({split} is replaced); '' = the split "
+                        "folder's instances.json"),
+        "embeddings": ("", "image folders: the precomputed context (.npz: file_name, context, length or mask; "
+                           "{split} is replaced); '' = the split folder's embeddings.npz"),
+        "workers": (0, "image folders: processes that read and decode the files ahead of training (0: two "
+                       "threads of the training process)"),
         "pairs": ("", "reflow: an .npz of coupled pairs (x, noise) from scripts/reflow.py; training draws them "
                       "instead of the data set's training split with fresh noise (the data set stays the "
                       "evaluation data)"),
@@ -151,7 +161,8 @@ SCHEMA = {
         "context_pooled": (False, "the bag-of-words baseline: the mean token embedding joins the noise "
                                   "embedding, no cross-attention"),
         "context_dim": (64, "width of the token encoder and of the cross-attention context"),
-        "context_len": (12, "tokens per condition (captions: words + 1; layouts: 1 + 5 per box)"),
+        "context_len": (12, "tokens per condition (captions: tokens + 1; layouts: 1 + 5 per box)"),
+        "max_boxes": (2, "layouts: the most boxes one image's layout may hold"),
         "context_depth": (2, "self-attention blocks of the token encoder"),
         "transformer_depth": (1, "transformer blocks of each SpatialTransformer"),
         "num_heads": (4, "attention heads of the SpatialTransformers and the token encoder"),
@@ -159,10 +170,11 @@ SCHEMA = {
         "mid_attention": (False, "autoencoder: self-attention in the middle blocks"),
     },
     "condition": {
-        "kind": ("none", "what the run is conditioned on: none | label | caption | layout | image | a kind "
-                         "registered by condition.plugin"),
+        "kind": ("none", "what the run is conditioned on: none | label | caption | layout | embedding | image | a "
+                         "kind registered by condition.plugin"),
         "plugin": ("", "a Python file or module that registers condition kinds of your own (recorded with the run)"),
-        "options": (ml_collections.ConfigDict(), "the kind's own options, e.g. {'factor': 2} for image"),
+        "options": (ml_collections.ConfigDict(), "the kind's own options, e.g. {'factor': 2} for image, "
+                                                 "{'vocab_size': 1000} for caption"),
     },
     "first_stage": {
         "workdir": ("", "latent diffusion: the autoencoder run folder; '' = diffusion in data space"),
@@ -359,6 +371,7 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
 
     for f in ("image_size", "num_channels"):
         _positive(config, "data." + f)
+    _positive(config, "data.workers", allow_zero=True)
     _positive(config, "data.seed", allow_zero=True)
 
     _one_of(config, "model.name", models.MODEL_NAMES)
@@ -414,7 +427,8 @@ def _check_objective(config):
     _one_of(config, "training.rec_loss", ("l1", "l2"))
     for f in ("kl_weight", "perceptual_weight", "disc_weight", "disc_start"):
         _positive(config, "training." + f, allow_zero=True)
-    for f in ("context_dim", "context_len", "context_depth", "transformer_depth", "num_heads", "z_channels"):
+    for f in ("context_dim", "context_len", "context_depth", "transformer_depth", "num_heads", "z_channels",
+              "max_boxes"):
         _positive(config, "model." + f)
     wants = {"classifier": "classifier", "autoencoder": "autoencoder"}.get(t.objective)
     if wants and m.name != wants:

@@ -139,8 +139,9 @@ class _Observation(eqx.Module):
         return alpha * self.x_obs + sigma * z
 
 
-class _ReplaceSolver(diffrax.AbstractItoSolver):
-    """A fixed-step solver followed, at every step, by score_sde's replacement of the observed coordinates."""
+class _WrappedSolver(diffrax.AbstractItoSolver):
+    """A fixed-step solver ``inner`` whose every step a subclass follows by a correction towards the
+    observations ``obs`` (its ``step``); everything else is the inner solver's."""
 
     inner: diffrax.AbstractSolver
     sde: SDE
@@ -157,6 +158,10 @@ class _ReplaceSolver(diffrax.AbstractItoSolver):
 
     def func(self, terms, t0, y0, args):
         return self.inner.func(terms, t0, y0, args)
+
+
+class _ReplaceSolver(_WrappedSolver):
+    """A fixed-step solver followed, at every step, by score_sde's replacement of the observed coordinates."""
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, _, _, state, result = self.inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -179,27 +184,12 @@ class _ReplaceHook(api.SolveHook):
         return self.obs.keep(x, self.obs.x_obs)
 
 
-class _DPSSolver(diffrax.AbstractItoSolver):
+class _DPSSolver(_WrappedSolver):
     """A fixed-step solver followed by DPS's gradient step on the observation error of x0_hat(x_t0)."""
 
-    inner: diffrax.AbstractSolver
-    sde: SDE
-    obs: _Observation
     score_fn: Any
     cond: Any
     zeta: float = eqx.field(static=True)
-
-    term_structure = diffrax.AbstractTerm
-    interpolation_cls = diffrax.LocalLinearInterpolation
-
-    def order(self, terms):
-        return self.inner.order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.inner.init(terms, t0, t1, y0, args)
-
-    def func(self, terms, t0, y0, args):
-        return self.inner.func(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, _, _, state, result = self.inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -270,9 +260,14 @@ def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> np.nda
 
 
 @eqx.filter_jit
-def _repaint(sde, score_fn, obs, x, row_keys, ts, walk, cond, eta):
-    """RePaint over ``walk`` (grid positions) with DDIM(eta) reverse steps (eta = 1: ancestral)."""
+def _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta):
+    """RePaint over ``walk`` (positions on the uniform grid of ``steps`` steps) with DDIM(eta) reverse steps
+    (eta = 1: ancestral), from a prior draw: ``(x, ok)``, ``ok`` ``(B,)`` the finite rows."""
     score = api.bind_score(score_fn, cond)
+    k_prior, k_noise = jax.random.split(key)
+    x = sde.prior_sampling(k_prior, obs.x_obs.shape)
+    row_keys = per_sample_keys(k_noise, x.shape[0])
+    ts = time_grid(sde, "uniform", steps, eps)
 
     def move(x, i):
         p0, p1 = walk[i], walk[i + 1]
@@ -297,7 +292,8 @@ def _repaint(sde, score_fn, obs, x, row_keys, ts, walk, cond, eta):
 
     x = obs.keep(x, obs.noised(sde, ts[0], row_keys, _REPLACE_SALT))
     x, _ = jax.lax.scan(move, x, jnp.arange(walk.shape[0] - 1))
-    return obs.keep(x, obs.x_obs)
+    x = obs.keep(x, obs.x_obs)
+    return x, jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
 
 
 def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: str = "replace",
@@ -335,15 +331,8 @@ def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: s
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         eps = api.default_eps(sde) if eps is None else float(eps)
         walk = repaint_schedule(int(steps), int(jump_length), int(jump_n_sample))
-        api.check_score_shape(score_fn, shape, cond)
-        k_prior, k_noise = jax.random.split(key)
-        x = sde.prior_sampling(k_prior, shape)
-        ts = time_grid(sde, "uniform", int(steps), eps)
-        x = _repaint(sde, score_fn, obs, x, per_sample_keys(k_noise, shape[0]), ts, jnp.asarray(walk), cond,
-                     float(eta))
-        nfe = int(np.sum(np.diff(walk) > 0))
-        ok = jnp.all(jnp.isfinite(x.reshape(shape[0], -1)), axis=1)
-        return x, {"nfe": nfe, "ok": ok, "walk": walk}
+        x, ok = _repaint(sde, score_fn, obs, key, walk, cond, int(steps), eps, float(eta))
+        return x, {"nfe": int(np.sum(np.diff(walk) > 0)), "ok": ok, "walk": walk}
     sampler = sampler or "ancestral"
     if registry.get(sampler).is_adaptive:
         raise ValueError(f"{method} needs a fixed-step sampler, got the adaptive {sampler!r}")

@@ -19,15 +19,17 @@ The trace is exact (D Jacobian-vector products against the basis) or Hutchinson'
 tr A ~ mean_j u_j^T A u_j with probes fixed along the trajectory. The probes do not change the x
 trajectory, so the Hutchinson error is int (u^T J u - tr J) dt, of mean zero given the path: the
 estimate of log p is unbiased.
+On a CPU an evaluation's B x M products are made in row blocks of at most 512 (:func:`trace_blocks`):
+the same values from a working set that stays in cache.
 
 Shapes: ``x`` is ``(B, *dims)`` with D = prod(dims); log-densities are ``(B,)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from functools import partial
 
 import diffrax
 import equinox as eqx
@@ -37,8 +39,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sde_lib.data.scaling import dequantize_interval
-from sde_lib.sampling.api import bind_score, check_score_shape
-from sde_lib.sdes import SDE, per_sample_keys
+from sde_lib.sampling.api import bind_score
+from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
 from sde_lib.step_control import CountingPIDController
 
 TRACES = ("exact", "hutchinson")
@@ -58,8 +60,7 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
         # far inside tolerance (scripts/benchmark_likelihood.py; docs/results.md).
         return diffrax.Dopri5()
     if isinstance(solver, str):
-        names = {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
-        cls = names.get(solver.lower())
+        cls = _diffrax_names().get(solver.lower())
         if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractERK)):
             raise ValueError(f"solver {solver!r} is not a diffrax explicit Runge-Kutta solver (e.g. tsit5, dopri5)")
         solver = cls()
@@ -68,8 +69,13 @@ def resolve_solver(solver) -> diffrax.AbstractERK:
     return solver
 
 
+@functools.cache
+def _diffrax_names() -> dict:
+    return {n.lower(): getattr(diffrax, n) for n in dir(diffrax)}
+
+
 # ------------------------------------------------------------------------------------------- probes
-@partial(jax.jit, static_argnames=("shape", "probe", "n_probes", "dtype"))
+@functools.partial(jax.jit, static_argnames=("shape", "probe", "n_probes", "dtype"))
 def draw_probes(key: jax.Array, shape: tuple[int, ...], probe: str = "rademacher", n_probes: int = 1,
                 offset=0, dtype=jnp.float32) -> jax.Array:
     """Hutchinson probes of shape ``(n_probes, B, *dims)`` for ``shape = (B, *dims)``.
@@ -86,15 +92,32 @@ def draw_probes(key: jax.Array, shape: tuple[int, ...], probe: str = "rademacher
 
 
 # -------------------------------------------------------------------------------------- divergence
-def _score_trace(score_fn, x, t, vectors, product):
+# Products (rows x vectors) per block of rows on a CPU. One product with all M vectors at once carries
+# M x B copies of the score's tangents or cotangents; past a few hundred rows' worth they leave the
+# core's cache and every evaluation slows down (16-D oracle, 256 rows, exact trace: blocks of 32 rows
+# make the solve 1.75x faster in forward mode, 1.2x in reverse mode; docs/results.md). Accelerators
+# take the whole batch at once.
+CPU_PRODUCTS_PER_BLOCK = 512
+
+
+def trace_blocks(rows: int, vectors: int) -> int:
+    """Blocks of rows in which :func:`probability_flow_field` evaluates ``rows`` x ``vectors`` products:
+    1 off a CPU; on a CPU the fewest of at most :data:`CPU_PRODUCTS_PER_BLOCK` products each (or of one
+    row each, if a row alone has more)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return min(rows, -(-rows * vectors // CPU_PRODUCTS_PER_BLOCK))
+
+
+def _score_trace(score_fn, x, t, vectors, product, cond=None):
     """Score ``(B, *dims)`` and per-example sum of u^T (ds/dx) u over ``vectors`` ``(M, B, *dims)`` -> ``(B,)``.
 
     score_fn acts row-wise, so its Jacobian over the batch is block diagonal and one product with a
     batch of vectors yields every example's quadratic form at once. The primal is evaluated once; the
     M products reuse it (linearised JVPs, or one VJP pullback).
     """
-    tb = jnp.full(x.shape[:1], t, x.dtype)
-    fn = lambda y: score_fn(y, tb)
+    score = bind_score(score_fn, cond)
+    fn = lambda y: score(y, t)
     if product == "jvp":
         s, apply = jax.linearize(fn, x)
     else:
@@ -104,6 +127,17 @@ def _score_trace(score_fn, x, t, vectors, product):
     return s, jnp.sum(quad, axis=0)
 
 
+def _row_blocks(a, blocks: int, axis: int = 0):
+    """``a``'s axis of n rows as ``blocks`` equal blocks, moved to the front: ``(blocks, ..., ceil(n / blocks),
+    ...)``, the last row repeated to fill the last block."""
+    n = a.shape[axis]
+    size = -(-n // blocks)
+    if blocks * size > n:
+        last = jax.lax.slice_in_dim(a, n - 1, n, axis=axis)
+        a = jnp.concatenate([a, jnp.repeat(last, blocks * size - n, axis)], axis)
+    return jnp.moveaxis(a.reshape(a.shape[:axis] + (blocks, size) + a.shape[axis + 1:]), axis, 0)
+
+
 def _basis(x):
     """The D standard basis vectors, each broadcast over the batch: ``(D, B, *dims)``."""
     d = math.prod(x.shape[1:])
@@ -111,19 +145,32 @@ def _basis(x):
     return jnp.broadcast_to(eye, (d,) + x.shape)
 
 
-def probability_flow_field(sde: SDE, score_fn, vectors: jax.Array, exact: bool, product: str = "jvp"):
+def probability_flow_field(sde: SDE, score_fn, vectors: jax.Array, exact: bool, product: str = "jvp",
+                           blocks: int = 1, cond=None):
     """The augmented vector field  (x, delta) -> (f x - g^2 s / 2,  D f - g^2 tr(ds/dx) / 2)  at time t.
 
+    ``score_fn(x, t)``, or ``score_fn(x, t, cond)`` with ``cond`` (leaves with leading dimension B).
     ``vectors`` ``(M, B, *dims)``: the D basis vectors (``exact=True``: their quadratic forms are
-    summed, giving the trace) or M Hutchinson probes (averaged). Returns ``field(t, (x, delta))`` with
-    ``t`` a scalar, ``x`` ``(B, *dims)``, ``delta`` ``(B,)``.
+    summed, giving the trace) or M Hutchinson probes (averaged). ``blocks`` > 1: the rows (of x, the
+    vectors and cond) are evaluated in that many equal blocks one after another (:func:`trace_blocks`),
+    one call of score_fn per block: the same values from a smaller working set. Returns
+    ``field(t, (x, delta))`` with ``t`` a scalar, ``x`` ``(B, *dims)``, ``delta`` ``(B,)``.
     """
     _check_choice("product", product, PRODUCTS)
     m = vectors.shape[0]
+    if blocks > 1:  # fixed along the solve: split once here (split at every evaluation, 1.3x slower)
+        vectors, cond = _row_blocks(vectors, blocks, 1), jax.tree.map(lambda c: _row_blocks(c, blocks), cond)
+
+    def score_trace(y, t):
+        if blocks == 1:
+            return _score_trace(score_fn, y, t, vectors, product, cond)
+        one = lambda b: _score_trace(score_fn, b[0], t, b[1], product, b[2])
+        s, quad = jax.lax.map(one, (_row_blocks(y, blocks), vectors, cond))
+        return s.reshape((-1,) + y.shape[1:])[:y.shape[0]], quad.reshape(-1)[:y.shape[0]]
 
     def field(t, state):
         y, _ = state
-        s, quad = _score_trace(score_fn, y, t, vectors, product)
+        s, quad = score_trace(y, t)
         tr = quad if exact else quad / m
         f, g2 = sde.drift_coef(t), sde.diffusion_coef(t) ** 2
         return sde.reverse_drift(y, t, s), math.prod(y.shape[1:]) * f - 0.5 * g2 * tr
@@ -161,12 +208,18 @@ def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol,
 
     ``sde`` and ``score_fn`` are pytrees: a score function holding parameters as arrays (``ModelScore``,
     ``MixtureScore``) is traced, so another parameter set of the same shapes reuses the compilation.
+    Returns ``(logp, info, finite)`` with ``finite`` ``(B,)``: which rows of ``x`` are finite. The others
+    are solved from zero instead (a NaN row would stall the shared step control of the whole batch) and
+    marked NaN and not ok; the caller raises on them outside jit.
     """
+    finite = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    x = jnp.where(batch_broadcast(finite, x), x, 0.0)
     if trace == "exact":
         vectors = _basis(x)
     else:
         vectors = draw_probes(key, x.shape, probe, n_probes, offset, x.dtype)
-    field = probability_flow_field(sde, bind_score(score_fn, cond), vectors, exact=trace == "exact", product=product)
+    field = probability_flow_field(sde, score_fn, vectors, exact=trace == "exact", product=product,
+                                   blocks=trace_blocks(x.shape[0], vectors.shape[0]), cond=cond)
     tab = solver.tableau
     norm = _per_example_rms_max if error_norm == "per_example" else _batch_rms
     pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
@@ -183,12 +236,12 @@ def _solve(x, key, offset, sde, score_fn, cond, *, trace, probe, n_probes, rtol,
     nfe = sol.controller_state[1]
     logp = prior + delta
     # A failed solve (a NaN score shrinks the steps until max_steps) is reported per row, not raised.
-    ok = (sol.result == diffrax.RESULTS.successful) & jnp.isfinite(logp)
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.isfinite(logp) & finite
     return jnp.where(ok, logp, jnp.nan), {
         "nfe": jnp.full(x.shape[:1], nfe), "ok": ok, "z": z, "prior_logp": prior, "delta_logp": delta,
         "num_steps": jnp.full(x.shape[:1], sol.stats["num_steps"]),
         "num_rejected_steps": jnp.full(x.shape[:1], sol.stats["num_rejected_steps"]),
-    }
+    }, finite
 
 
 def _check_choice(name, value, choices):
@@ -245,48 +298,47 @@ def log_likelihood(sde: SDE, score_fn, x: jax.Array, key: jax.Array, *, cond=Non
 
     Returns:
       logp ``(B,)`` and info: ``nfe`` ``(B,)`` exact score_fn evaluations spent on each example's
-      solve, ``ok`` ``(B,)`` (the solve succeeded and log p is finite; NaN where not), ``z``
+      solve (on a CPU a large batch is evaluated in row blocks, :func:`trace_blocks` calls of
+      score_fn on fewer rows each), ``ok`` ``(B,)`` (the solve succeeded and log p is finite; NaN where not), ``z``
       ``(B, *dims)`` the latent at T, ``prior_logp`` and ``delta_logp`` ``(B,)`` with
       logp = prior_logp + delta_logp, ``num_steps`` and ``num_rejected_steps`` ``(B,)``.
 
-    Non-finite inputs raise a ValueError naming the rows; a score function of the wrong output shape
-    raises naming the shapes; a failed solve (e.g. a NaN score) warns once and is marked in ``ok``.
+    Non-finite inputs raise a ValueError naming the rows (found in the compiled solve; under jit they
+    are NaN and not ok); a score function of the wrong output shape raises naming the shapes, once, when
+    the solve is traced; a failed solve (e.g. a NaN score) warns once and is marked in ``ok``.
     """
     if jnp.ndim(x) < 2:
         raise ValueError(f"x must have shape (B, *dims), got {jnp.shape(x)}")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (dequantise discrete data first), got {x.dtype}")
-    _check_inputs(score_fn, x, cond)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     options = _solve_options(sde, trace=trace, probe=probe, n_probes=n_probes, rtol=rtol,
                              atol=atol, eps=eps, solver=solver, product=product, max_steps=max_steps,
                              error_norm=error_norm)
     outs = [out for _, out in _chunked_solves(sde, score_fn, x, cond, key, batch_size, options)]
-    logp, info = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    logp, info, finite = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if len(outs) > 1 else outs[0]
+    _raise_non_finite(finite)
     _warn_failed(info["ok"])
     return logp, info
 
 
-def _check_inputs(score_fn, x, cond=None) -> None:
-    """Eager checks before a solve: the score's output shape, and finite inputs (a NaN row would stall
-    the shared step control of the whole batch)."""
-    check_score_shape(score_fn, tuple(x.shape), None if cond is None else jax.tree.map(lambda a: a[: x.shape[0]], cond))
-    if not isinstance(x, jax.core.Tracer):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1))
-        if bad.size:
-            raise ValueError(f"x has non-finite values in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
+def _raise_non_finite(finite) -> None:
+    """Non-finite inputs are a caller's error: one ValueError naming the rows (outside jit)."""
+    if not isinstance(finite, jax.core.Tracer) and not np.asarray(finite).all():
+        bad = np.flatnonzero(~np.asarray(finite))
+        raise ValueError(f"x has non-finite values in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
 
 
 def _warn_failed(ok) -> None:
-    if not isinstance(ok, jax.core.Tracer) and not bool(jnp.all(ok)):
-        warnings.warn(f"log_likelihood(): the solve failed for {int(jnp.sum(~ok))} of {ok.size} examples (a NaN/Inf "
-                      f"score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
+    if not isinstance(ok, jax.core.Tracer) and not np.asarray(ok).all():  # a readback, no further dispatch
+        warnings.warn(f"log_likelihood(): the solve failed for {int(np.sum(~np.asarray(ok)))} of {ok.size} examples "
+                      "(a NaN/Inf score, or max_steps reached); their log p is NaN, see info['ok']", stacklevel=3)
 
 
 def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
-    """Yield ``(rows, (logp, info))`` per chunk of ``batch_size`` rows (all rows if None).
+    """Yield ``(rows, (logp, info, finite))`` per chunk of ``batch_size`` rows (all rows if None).
 
     The last chunk is padded by repeating its last row so every chunk has one shape (one compilation);
     padded rows are dropped. Probe keys use the global row index, as an unchunked solve would.
@@ -295,6 +347,8 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
     size = n if batch_size is None else min(int(batch_size), n)
 
     def rows(a, start):
+        if size == n:  # one chunk: no slicing dispatched
+            return a
         part = a[start:start + size]
         pad = size - part.shape[0]
         return jnp.concatenate([part, jnp.repeat(part[-1:], pad, axis=0)]) if pad else part
@@ -302,8 +356,9 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
     for start in range(0, n, size):
         pad = size - min(size, n - start)
         chunk_cond = None if cond is None else jax.tree.map(lambda a: rows(jnp.asarray(a), start), cond)
-        logp, info = _solve(rows(x, start), key, jnp.asarray(start, jnp.int32), sde, score_fn, chunk_cond, **options)
-        yield size - pad, jax.tree.map(lambda a: a[:size - pad], (logp, info))
+        # The offset as a NumPy array: traced (one compilation for every chunk), and no device dispatch here.
+        out = _solve(rows(x, start), key, np.asarray(start, np.int32), sde, score_fn, chunk_cond, **options)
+        yield size - pad, jax.tree.map(lambda a: a[:size - pad], out) if pad else out
 
 
 # --------------------------------------------------------------------------------- discrete data
@@ -369,7 +424,6 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.
     options = _solve_options(sde, **options)
-    _check_inputs(score_fn, jnp.zeros((1, *k.shape[1:]), jnp.float32), cond)
     draws, nfes, oks = [], [], []
     bar = tqdm(total=int(n_dequant) * n, unit="ex", disable=not progress, desc="bits/dim")
     for j in range(int(n_dequant)):
@@ -377,7 +431,7 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
         u = jax.vmap(lambda kk: jax.random.uniform(kk, k.shape[1:]))(per_sample_keys(k_deq, n))  # row i: (key, i)
         x = jnp.asarray(dequantize_interval(np.asarray(k), np.asarray(u), levels, lo, hi))
         row_bpd, row_nfe, row_ok = [], [], []
-        for rows, (logp, info) in _chunked_solves(sde, score_fn, x, cond, k_probe, batch_size, options):
+        for rows, (logp, info, _) in _chunked_solves(sde, score_fn, x, cond, k_probe, batch_size, options):
             row_bpd.append(bpd_from_logp(logp, dim, levels, (lo, hi)))
             row_nfe.append(info["nfe"])
             row_ok.append(info["ok"])

@@ -96,7 +96,8 @@ BAD = [
     ("sampling.options", {"snr": -1.0}, "config.sampling.options invalid value -1.0 for option 'snr'"),
     ("sampling.options", {"eta": 0.5}, "config.sampling.options unknown option(s) ['eta'] for sampler 'pc'"),
     ("eval.split", "valid", "config.eval.split must be one of"),
-    ("condition.kind", "magic", "config.condition.kind must be 'none' or one of label, caption, layout, image"),
+    ("condition.kind", "magic", "config.condition.kind must be 'none' or one of label, caption, layout, embedding, "
+                                 "image"),
     ("condition.options", {"factor": 2}, "config.condition.options.factor is not an option of condition.kind='none'"),
     ("condition.plugin", "no/such/kinds.py", "config.condition.plugin='no/such/kinds.py': no such file"),
     ("condition.kind", "label", "config.model.num_classes must be >= 2 for condition.kind='label', got 0"),

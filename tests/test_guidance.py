@@ -1,6 +1,9 @@
 """Guidance and inpainting proven on the labelled Gaussian-mixture oracle (exact conditional scores, exact
 noisy classifiers, exact inpainting posteriors)."""
 
+from typing import Any
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,6 +202,39 @@ def test_replacement_bias_and_what_repaint_and_dps_do_about_it(overlap, sdes, co
         dist[method] = w2_1d(np.asarray(x)[:, 1], exact)
     assert dist["replace"] > 10 * floor  # biased: far above the exact-vs-exact floor
     assert dist["repaint"] < 0.75 * dist["replace"] and dist["dps"] < 0.5 * dist["replace"], (dist, floor)
+
+
+class TraceCount:
+    n = 0
+
+
+class TracedScore(eqx.Module):
+    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
+
+    score_fn: Any
+    count: TraceCount = eqx.field(static=True)
+
+    def __call__(self, x, t, *cond):
+        self.count.n += 1
+        return self.score_fn(x, t, *cond)
+
+
+@pytest.mark.parametrize("method", ["replace", "repaint", "dps"])
+def test_a_repeated_inpaint_traces_nothing(method, sdes):
+    """Observations, masks and scores are traced: a repeated inpaint call, with new observations and a
+    new parameter set of the same shapes, traces the score zero times."""
+    sde, gmm, count = sdes["vp"], builtin_mixture("ring2d"), TraceCount()
+    other = eqx.tree_at(lambda g: g.means, gmm, 2.0 * gmm.means)
+    mask = jnp.array([1.0, 0.0])
+    kw = dict(steps=4, jump_length=2, jump_n_sample=2) if method == "repaint" else dict(steps=4)
+    for i, mixture in enumerate((gmm, gmm, other)):
+        x_obs = jnp.full((4, 2), 0.1 * i)
+        x, _ = guidance.inpaint(sde, TracedScore(mixture.score_fn(sde), count), KEY, x_obs, mask, method, **kw)
+        if method != "dps":  # replacement keeps the (new) observations exactly
+            np.testing.assert_allclose(x[:, 0], x_obs[:, 0])
+        if i == 0:
+            first = count.n
+    assert first >= 1 and count.n == first, (first, count.n)
 
 
 def test_inpaint_bad_input():

@@ -6,8 +6,10 @@ solve also checks ``info["nfe"]``.
 """
 
 import math
+from typing import Any
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,8 +68,10 @@ def test_exact_trace_matches_oracle(exact_solves, sde_name, case):
     assert float(err.max()) <= 1e-3, float(err.max())
     np.testing.assert_allclose(r["logp"], info["prior_logp"] + info["delta_logp"], rtol=1e-6)
     np.testing.assert_allclose(info["prior_logp"], sde.prior_logp(info["z"]), rtol=1e-6)
-    # Dopri5 (default) is FSAL: every solve here checks the evaluation count against the host counter.
-    assert r["calls"] > 0 and np.all(np.asarray(info["nfe"]) == r["calls"])
+    # Dopri5 (default) is FSAL: every solve here checks the evaluation count against the host counter
+    # (on a CPU the 300-row 16-D batch is evaluated in row blocks: one score call per block).
+    blocks = L.trace_blocks(*r["x"].shape)
+    assert r["calls"] > 0 and np.all(np.asarray(info["nfe"]) * blocks == r["calls"])
     assert info["z"].shape == r["x"].shape and r["logp"].shape == (r["x"].shape[0],)
 
 
@@ -147,6 +151,26 @@ def test_initial_step_size_rule():
     assert float(initial_step_size(lambda t, y: jnp.full_like(y, c), 0.0, y0, tol, tol, rms, 4, 1e-4)) == np.float32(1e-4)
 
 
+def test_row_blocks_change_nothing_but_the_working_set():
+    """The field evaluated in row blocks (the last one padded) equals the whole batch's, with each row's
+    condition routed to it; on a CPU the solve takes blocks of at most 512 products (rows x vectors)."""
+    sde, ring = sde_lib.VPSDE(), builtin_mixture("ring2d")
+    x = ring.sample(KEY, 37)
+    state = (x, jnp.zeros(37))
+    cond = {"label": jnp.arange(37) % ring.num_classes}
+
+    def field(product, blocks, cond):
+        return L.probability_flow_field(sde, ring.score_fn(sde), L._basis(x), True, product, blocks, cond)(0.3, state)
+
+    for product in L.PRODUCTS:
+        whole, blocked = field(product, 1, cond), field(product, 5, cond)
+        for a, b in zip(whole, blocked):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(blocked[0], field("jvp", 5, None)[0])  # the condition mattered
+    expect = (8, 10, 1) if jax.default_backend() == "cpu" else (1, 1, 1)
+    assert (L.trace_blocks(256, 16), L.trace_blocks(300, 16), L.trace_blocks(64, 1)) == expect
+
+
 def test_batch_chunks_reuse_one_solve_and_agree(exact_solves):
     r = exact_solves("vp", "2d")
     logp, info = L.log_likelihood(r["sde"], r["score"], r["x"], KEY, trace="exact", eps=EPS, batch_size=40)
@@ -161,7 +185,7 @@ def test_batch_error_norm_is_cheaper_and_looser_per_example(exact_solves):
     r = exact_solves("vp", "16d")
     sde, gmm, x = r["sde"], r["gmm"], r["x"]
     _, info = L.log_likelihood(sde, r["score"], x, KEY, trace="exact", eps=EPS, error_norm="batch")
-    assert int(info["nfe"][0]) == r["score"].take()
+    assert int(info["nfe"][0]) * L.trace_blocks(*x.shape) == r["score"].take()  # one call per row block
 
     def errors(i):  # transport error per dim against the mixture's own p_T (prior mismatch removed)
         return np.abs(np.asarray(i["delta_logp"] + gmm.log_prob_t(sde, i["z"], sde.T) - gmm.log_prob_t(sde, x, EPS))) / gmm.dim
@@ -221,6 +245,54 @@ def test_bits_per_dim_through_the_ode_bounds_the_discrete_likelihood(exact_solve
     exact_bits = -np.log(np.sum(np.asarray(gmm.weights) * np.prod(mass, axis=-1), axis=-1)) / (2 * np.log(2))
     gap = np.asarray(bpd) - exact_bits
     assert gap.mean() > -0.01 and gap.mean() < 0.03, gap.mean()
+
+
+class TraceCount:
+    n = 0
+
+
+class TracedScore(eqx.Module):
+    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
+
+    score_fn: Any
+    count: TraceCount = eqx.field(static=True)
+
+    def __call__(self, x, t, *cond):
+        self.count.n += 1
+        return self.score_fn(x, t, *cond)
+
+
+def test_a_repeated_likelihood_traces_nothing():
+    """The score is traced (and its shape checked) while the solve compiles; repeated log_likelihood and
+    bits_per_dim calls, and another parameter set of the same shapes, trace the score zero times."""
+    sde, gmm, count = sde_lib.VPSDE(), broad2d(), TraceCount()
+    other = eqx.tree_at(lambda g: g.means, gmm, 2.0 * gmm.means)
+    x = gmm.sample(KEY, 6)
+    k = quantize(np.asarray(gmm.sample(jax.random.PRNGKey(1), 6)), 17, -1.0, 1.0)
+    logps = []
+    for mixture in (gmm, gmm, gmm, other):
+        score = TracedScore(mixture.score_fn(sde), count)
+        logps.append(L.log_likelihood(sde, score, x, KEY, trace="exact", rtol=1e-3, atol=1e-3)[0])
+        L.bits_per_dim(sde, score, k, KEY, levels=17, scale=(-1.0, 1.0), batch_size=4, rtol=1e-3, atol=1e-3)
+        if len(logps) == 1:
+            first = count.n
+    assert first >= 1 and count.n == first, (first, count.n)
+    np.testing.assert_array_equal(logps[1], logps[0])
+    assert not np.allclose(logps[3], logps[0])  # the new parameters were used, not baked in
+
+
+def test_non_finite_rows_are_named_and_inside_jit_marked():
+    """A NaN row raises naming it; inside jax.jit (no raising) it is NaN and not ok, and the other rows
+    are solved as without it (it is solved from zero, so it cannot stall the shared step control)."""
+    sde, gmm = sde_lib.VPSDE(), broad2d()
+    score, x = gmm.score_fn(sde), gmm.sample(KEY, 4)
+    bad = x.at[2, 1].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"non-finite values in 1 row\(s\), e.g. rows \[2\]"):
+        L.log_likelihood(sde, score, bad, KEY, trace="exact")
+    run = jax.jit(lambda y: L.log_likelihood(sde, score, y, KEY, trace="exact"))
+    (logp, info), (clean, _) = run(bad), run(x.at[2].set(0.0))
+    np.testing.assert_array_equal(np.asarray(info["ok"]), [True, True, False, True])
+    assert np.isnan(logp[2]) and np.array_equal(np.delete(logp, 2), np.delete(clean, 2))
 
 
 # -------------------------------------------------------------------------------------- bad input

@@ -5,7 +5,10 @@ Compiles dominate the run time (seconds each on CPU), so each (sampler, steps, s
 and results are cached per module.
 """
 
+from typing import Any
+
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +136,37 @@ def test_trajectory_progress_and_outer_jit():
     saveat = diffrax.SaveAt(ts=jnp.array([1.0, 0.5, 0.1]))
     _, info = sampling.sample(sde, score, KEY, (4, 2), "ode_heun", steps=6, save_trajectory=saveat)
     assert info["trajectory"][1].shape == (3, 4, 2)
+
+
+class TraceCount:
+    n = 0
+
+
+class TracedScore(eqx.Module):
+    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
+
+    score_fn: Any
+    count: TraceCount = eqx.field(static=True)
+
+    def __call__(self, x, t, *cond):
+        self.count.n += 1
+        return self.score_fn(x, t, *cond)
+
+
+@pytest.mark.parametrize("name", ["ode_euler", "ode_adaptive"])
+def test_a_repeated_sample_traces_nothing(name):
+    """The score is traced (and its shape checked) while the sampler compiles; repeated calls, and another
+    parameter set of the same shapes, reuse the compilation and trace the score zero times."""
+    sde, gmm, count = SDES["vp"], builtin_mixture("ring2d"), TraceCount()
+    other = eqx.tree_at(lambda g: g.means, gmm, 2.0 * gmm.means)
+    xs = []
+    for mixture in (gmm, gmm, gmm, other):
+        xs.append(sampling.sample(sde, TracedScore(mixture.score_fn(sde), count), KEY, (8, 2), name, steps=4)[0])
+        if len(xs) == 1:
+            first = count.n
+    assert first >= 1 and count.n == first, (first, count.n)
+    np.testing.assert_array_equal(xs[1], xs[0])
+    assert not np.allclose(xs[3], xs[0])  # the new parameters were used, not baked in
 
 
 # ---------------------------------------------------------------- deterministic samplers: convergence

@@ -12,8 +12,10 @@ Sources (``config.data.dataset``):
 * ``npz``: arrays ``train`` and ``test``, else ``x`` (or the sole array) split 80/20 by seed; integer
   arrays are levels 0..``levels``-1, float arrays continuous data used as they are; layout
   ``(N, H, W, C)`` or ``(N, D)``.
-* ``folder``: image files in ``path/train`` and ``path/test``, else in ``path`` split 80/20 by seed;
-  converted to grey or RGB (``num_channels``), other sizes centre-cropped and resized to ``image_size``.
+* ``folder``: image files in ``path/train`` and ``path/test``, else in ``path`` split 80/20 by seed, read
+  lazily; converted to grey or RGB (``num_channels``), other sizes made ``image_size`` square by
+  ``resize``; labels from class subfolders, captions from ``metadata.jsonl`` / ``.csv``, layouts from a
+  COCO instances file, precomputed embeddings from an ``.npz`` (``files``).
 
 Scaling convention (bits/dim must use the same one). Level k of L owns the bin [k/L, (k+1)/L):
 
@@ -37,8 +39,9 @@ from sde_lib.data.sources import (
     DataSpec,
     data_dims,
     load_captions,
+    load_class_names,
+    load_embeddings,
     load_labels,
-    load_layout_classes,
     load_layouts,
     load_split,
     parse,
@@ -61,8 +64,9 @@ __all__ = [
     "readers",
     "eval_batches",
     "load_captions",
+    "load_class_names",
+    "load_embeddings",
     "load_labels",
-    "load_layout_classes",
     "load_layouts",
     "load_split",
     "make_iterator",

@@ -31,8 +31,8 @@ RELATIONS = ("left of", "above")
 SIZES = {"train": 12_000, "test": 2_000}
 HOLD_OUT = 0.1
 MAX_OBJECTS = 2
-_CANVAS = 5  # counter_rng purpose of the canvas streams
-_FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+_CANVAS = counter_rng.CANVAS  # the canvas streams
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class CanvasSpec:
 
 SPECS = {
     "canvas_digits": CanvasSpec("canvas_digits", 8, 17, tuple(str(i) for i in range(10))),
-    "canvas_fashion_mnist": CanvasSpec("canvas_fashion_mnist", 16, 256, _FASHION_NAMES),
+    "canvas_fashion_mnist": CanvasSpec("canvas_fashion_mnist", 16, 256, FASHION_NAMES),
 }
 
 
@@ -98,8 +98,10 @@ def _objects(spec: CanvasSpec, split: str, seed: int, n: int) -> list[list[tuple
     return out
 
 
-def _sources(spec: CanvasSpec, split: str):
-    """Object images ``(N, slot, slot)`` (integer levels) and their classes, from ``split`` of the source."""
+def objects_of(name: str, split: str):
+    """The object images ``(N, slot, slot)`` (integer levels) a canvas data set's ``split`` is made of, and their
+    classes: its source's split (digits; Fashion-MNIST averaged down to 14 x 14 and padded to 16 x 16)."""
+    spec = SPECS[name]
     if spec.name == "canvas_digits":
         images, labels = bundled.digits(split, seed=0)
         return images[..., 0], labels
@@ -117,7 +119,7 @@ def canvases(name: str, split: str, seed: int = 0):
     """
     spec = SPECS[name]
     objects = _objects(spec, split, seed, SIZES[split])
-    images, labels = _sources(spec, split)
+    images, labels = objects_of(name, split)
     by_class = [np.flatnonzero(labels == c) for c in range(len(spec.class_names))]
     key = counter_rng.make_key(seed, _CANVAS, 2, 0 if split == "train" else 1)
     x = np.zeros((len(objects), spec.size, spec.size, 1), np.int64)

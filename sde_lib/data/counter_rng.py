@@ -17,7 +17,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _MASK64 = (1 << 64) - 1
 
 # Purposes keep the streams of one seed apart (a split permutation never equals an epoch shuffle).
-SPLIT, SHUFFLE, AUGMENT, EVAL_NOISE, TOY = range(5)
+SPLIT, SHUFFLE, AUGMENT, EVAL_NOISE, TOY, CANVAS, CHOICE = range(7)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

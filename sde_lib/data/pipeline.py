@@ -7,18 +7,57 @@ N mod B examples left over are skipped that epoch only). Example i in epoch e is
 with randomness hashed from (seed, e, i), so the batches of a run resumed at step k equal those of an
 uninterrupted run, and do not depend on how the batch is split over processes. Process ``r`` of ``P``
 receives rows ``[r B/P, (r+1) B/P)`` of every global batch.
+
+Conditions ride along row for row (``{"x": ..., "label": ...}``); a condition with several values per
+example (:class:`Choices`: the captions of an image) gives one per training step, drawn from (seed, step,
+example), and its first in evaluation batches.
+
+Image files (``files.ImageFiles``, the ``folder`` data set) are read lazily: the host batches of the
+steps ahead are made by ``grain`` (its ``MapDataset`` over step numbers, mapped to the same batch
+function, read by ``data.workers`` processes or, with 0, by threads of this one), so memory stays bounded
+however many files there are, and the batches are those of the in-memory path bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
+import grain
 import jax
+from absl import flags
 import numpy as np
 
 from sde_lib.data import counter_rng, scaling
+from sde_lib.data.files import ImageFiles
 from sde_lib.data.pairs import read_pairs
 from sde_lib.data.sources import data_dims, load_split, parse
+
+_STEPS_AHEAD = 10**12  # the length of grain's (lazily mapped) sequence of steps: never reached
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """Several values of a condition per example: ``values`` ``(N, K, ...)``, of which the first ``counts[i]``
+    are example i's (the rest padding)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self):
+        return len(self.values)
+
+    def pick(self, rows: np.ndarray, key: np.ndarray | None) -> np.ndarray:
+        """``(len(rows), ...)``: one value per row, drawn from ``(key, row)`` (the first with ``key`` None)."""
+        if key is None:
+            return self.values[rows, 0]
+        which = counter_rng.hash_items(key, rows) % self.counts[rows].astype(np.uint64)
+        return self.values[rows, which.astype(np.int64)]
+
+
+def first_choice(cond: dict) -> dict:
+    """Condition arrays with every :class:`Choices` replaced by its first values (one array per input)."""
+    return {k: v.values[:, 0] if isinstance(v, Choices) else v for k, v in cond.items()}
 
 
 def _place(x: np.ndarray, sharding, global_shape: tuple[int, ...]):
@@ -39,13 +78,14 @@ class Dataset:
       process_index, process_count: this process's share; default ``jax.process_index()`` / ``count()``.
       cond: per-example condition arrays served with the images, e.g. ``{"label": (N,)}`` or
         ``{"tokens": (N, L)}`` (``sde_lib.conditioning``): batches become ``{"x": ..., **cond}``.
+      workers: processes reading image files (0: threads of this process); in-memory data ignore it.
 
     With ``data_cfg.pairs`` (reflow) the training split is the pairs file's ``x`` (model space, used as is)
     and each batch also holds its rows' ``"noise"``.
     """
 
     def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None,
-                 cond: dict | None = None):
+                 cond: dict | None = None, workers: int = 0):
         self.spec = parse(data_cfg)
         self.split, self.pair_noise = split, None
         if split == "train" and self.spec.pairs:
@@ -63,12 +103,18 @@ class Dataset:
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index {process_index} outside 0..{self.process_count - 1}")
         self.local_batch_size = self.batch_size // self.process_count
+        self.workers = int(workers)
         self._epoch_perm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the examples are files read on demand (rather than an array in memory)."""
+        return isinstance(self.x, ImageFiles)
 
     def set_conditions(self, cond: dict | None) -> None:
         """Serve ``cond`` (per-example arrays, row for row with the examples) with the images from now on (and
         the pairs' noise, which stays)."""
-        cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+        cond = {k: v if isinstance(v, Choices) else np.asarray(v) for k, v in (cond or {}).items()}
         if self.pair_noise is not None:
             cond["noise"] = self.pair_noise
         for k, v in cond.items():
@@ -135,7 +181,40 @@ class Dataset:
     def cond_at(self, step: int) -> dict[str, np.ndarray]:
         """This process's condition rows of training step ``step`` (row for row with :meth:`batch_at`)."""
         rows = self._local(self.indices_at(step)[1])
-        return {k: v[rows] for k, v in self.cond.items()}
+        key = counter_rng.make_key(self.seed, counter_rng.CHOICE, step)
+        return {k: v.pick(rows, key) if isinstance(v, Choices) else v[rows] for k, v in self.cond.items()}
+
+    def cond_rows(self, rows) -> dict[str, np.ndarray]:
+        """The condition rows of examples ``rows`` (first values of several): evaluation, snapshots."""
+        rows = np.asarray(rows)
+        return {k: v.pick(rows, None) if isinstance(v, Choices) else v[rows] for k, v in self.cond.items()}
+
+    def host_item(self, step: int, k: int = 1):
+        """The host arrays of the call starting at training ``step``: ``(B/P, *dims)`` (``(k, B/P, *dims)`` for
+        k > 1), and with conditions ``{"x": that, name: rows}``."""
+        steps = [step + i for i in range(k)]
+        pick = (lambda a: a[0]) if k == 1 else np.stack
+        x = pick([self.batch_at(s) for s in steps])
+        if not self.cond:
+            return x
+        rows = [self.cond_at(s) for s in steps]
+        return {"x": x, **{name: pick([r[name] for r in rows]) for name in self.cond}}
+
+    def _host_items(self, start_step: int, k: int) -> Iterator:
+        """Host items of the calls from ``start_step`` on; files are read ahead by grain (module docstring)."""
+        if not self.lazy:
+            step = start_step
+            while True:
+                yield self.host_item(step, k)
+                step += k
+        items = grain.MapDataset.range(start_step, start_step + k * _STEPS_AHEAD, k).map(lambda s: self.host_item(s, k))
+        if self.workers > 0:
+            if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags; a library caller parsed none
+                flags.FLAGS.mark_as_parsed()
+            items = items.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+        else:
+            items = items.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+        yield from items
 
     def iterate(self, start_step: int = 0, *, sharding=None, steps_per_call: int = 1) -> Iterator:
         """Endless batches from ``start_step``: ``(B, *dims)``, or ``(k, B, *dims)`` for k = steps_per_call > 1;
@@ -147,19 +226,12 @@ class Dataset:
         k = int(steps_per_call)
         if k < 1:
             raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
-        step = int(start_step)
         lead = (self.batch_size,) if k == 1 else (k, self.batch_size)
-        while True:
-            steps = [step] if k == 1 else [step + i for i in range(k)]
-            pick = (lambda a: a[0]) if k == 1 else np.stack
-            x = _place(pick([self.batch_at(s) for s in steps]), sharding, (*lead, *self.dims))
+        for item in self._host_items(int(start_step), k):
             if not self.cond:
-                yield x
+                yield _place(item, sharding, (*lead, *self.dims))
             else:
-                rows = [self.cond_at(s) for s in steps]
-                yield {"x": x, **{k: _place(pick([r[k] for r in rows]), sharding, (*lead, *v.shape[1:]))
-                                  for k, v in self.cond.items()}}
-            step += k
+                yield {name: _place(v, sharding, (*lead, *np.shape(v)[len(lead):])) for name, v in item.items()}
 
     def eval_batches(self, *, repeat: int = 0, dequantize: bool | None = None, sharding=None) -> Iterator:
         """The whole split in order, no flips: ``(x (B, *dims), mask (B,) bool)`` per global batch (``x`` a
@@ -179,7 +251,7 @@ class Dataset:
             idx = self._local(np.where(mask, idx, 0))
             x = _place(self._transform(idx, key, False, dequantize), sharding, (b, *self.dims))
             if self.cond:
-                x = {"x": x, **{k: _place(v[idx], sharding, (b, *v.shape[1:])) for k, v in self.cond.items()}}
+                x = {"x": x, **{k: _place(v, sharding, (b, *v.shape[1:])) for k, v in self.cond_rows(idx).items()}}
             yield x, _place(self._local(mask), sharding, (b,))
 
 

@@ -1,4 +1,4 @@
-"""File-format readers: idx (optionally gzipped), CIFAR-10 binary, ``.npz``, image folders.
+"""File-format readers: idx (optionally gzipped), CIFAR-10 binary, ``.npz`` (image folders: ``files``).
 
 Each returns plain NumPy arrays and raises ``FileNotFoundError`` or ``ValueError`` naming the file when
 it is missing or malformed. None of them unpickles anything.
@@ -11,7 +11,6 @@ import os
 import zipfile
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 # idx type byte -> big-endian dtype (LeCun's MNIST format: 0, 0, type, ndim, ndim x int32 dims, data).
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -74,33 +73,3 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
             return {k: loaded[k] for k in loaded.files}
     except errors as e:
         raise ValueError(f"{path}: cannot read as .npz without pickle ({e})") from None
-
-
-def read_image(path: str, num_channels: int, image_size: int) -> np.ndarray:
-    """One image as ``(image_size, image_size, num_channels)`` uint8.
-
-    Converted to grey (1 channel) or RGB (3). A different size is centre-cropped to a square and
-    resized with a Lanczos filter.
-    """
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if num_channels == 1 else "RGB")
-            w, h = im.size
-            if (w, h) != (image_size, image_size):
-                s = min(w, h)
-                box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-                im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, box=box)
-            x = np.asarray(im, np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot read as an image ({e})") from None
-    return x.reshape(image_size, image_size, num_channels)
-
-
-def list_images(folder: str) -> list[str]:
-    """Sorted paths of the image files directly inside ``folder`` (by suffix, case-insensitive)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
-    return [os.path.join(folder, n) for n in names]

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from sde_lib.data import bundled, canvas, readers, toy
+from sde_lib.data import bundled, canvas, files, readers, toy
 from sde_lib.data.bundled import FASHION_MNIST_PATH, split_indices
 
 DATASETS = ("toy", "digits", "fashion_mnist", "cifar10", "npz", "folder", "canvas_digits", "canvas_fashion_mnist")
@@ -38,6 +38,10 @@ class DataSpec:
     random_flip: bool
     uniform_dequantization: bool
     seed: int
+    resize: str = "crop"
+    captions: str = ""
+    layouts: str = ""
+    embeddings: str = ""
     pairs: str | None = None
 
 
@@ -69,12 +73,17 @@ def parse(data_cfg) -> DataSpec:
     toy_name = get("toy_name", "mixture") if dataset == "toy" else None
     if toy_name is not None and toy_name not in toy.TOY_NAMES:
         raise ValueError(f"config.data.toy_name must be one of {', '.join(toy.TOY_NAMES)}; got {toy_name!r}")
+    resize = get("resize", "crop")
+    if resize not in files.RESIZE:
+        raise ValueError(f"config.data.resize must be one of {', '.join(files.RESIZE)}; got {resize!r}")
     return DataSpec(
         dataset, toy_name, path,
         None if size is None else int(size), None if channels is None else int(channels),
         None if levels is None else int(levels),
         bool(get("centered", False)), bool(get("random_flip", False)),
-        bool(get("uniform_dequantization", False)), int(get("seed", 0)), get("pairs") or None,
+        bool(get("uniform_dequantization", False)), int(get("seed", 0)),
+        resize, get("captions", ""), get("layouts", ""), get("embeddings", ""),
+        get("pairs") or None,
     )  # fmt: skip
 
 
@@ -98,20 +107,17 @@ def _npz(path: str, split: str, seed: int) -> np.ndarray:
     return x[split_indices(len(x), split, seed)]
 
 
-def _folder(spec: DataSpec, split: str) -> np.ndarray:
-    sub = os.path.join(spec.path, split)
-    if os.path.isdir(os.path.join(spec.path, "train")) and os.path.isdir(os.path.join(spec.path, "test")):
-        files = readers.list_images(sub)
-    else:
-        files = readers.list_images(spec.path)
-        files = [files[i] for i in split_indices(len(files), split, spec.seed)]
-        if not files:
-            raise ValueError(f"{spec.path}: the {split} split of its images is empty")
-    return np.stack([readers.read_image(f, spec.num_channels, spec.image_size) for f in files])
+def _folder(spec: DataSpec, split: str) -> files.ImageFiles:
+    """A folder's split as a lazy array (``files.ImageFiles``): headers checked, pixels read on indexing."""
+    root, names, _, _ = files.index(spec.path, split, spec.seed)
+    return files.ImageFiles(root, names, spec.image_size, spec.num_channels, spec.resize)
 
 
 def _check(x: np.ndarray, spec: DataSpec, source: str) -> np.ndarray:
-    """Validate shape and values of a loaded split; returns it in its canonical dtype."""
+    """Validate shape and values of a loaded split; returns it in its canonical dtype (image files: uint8 of
+    the asked size by construction, read lazily, so only the flags are checked)."""
+    if isinstance(x, files.ImageFiles):
+        return x
     if x.ndim not in (2, 4) or len(x) == 0:
         raise ValueError(f"{source}: expected a non-empty (N, D) or (N, H, W, C) array, got shape {x.shape}")
     if x.ndim == 4:
@@ -192,31 +198,93 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
         if "y" in arrays and "x" in arrays:
             return np.asarray(arrays["y"])[split_indices(len(arrays["y"]), split, spec.seed)].astype(np.int32)
         raise ValueError(f"{spec.path}: no labels (arrays train_labels / test_labels, or y beside x)")
+    if spec.dataset == "folder":
+        root, _, labels, _ = files.index(spec.path, split, spec.seed)
+        if labels is None:
+            raise ValueError(f"{root}: no labels (put the images in one subfolder per class)")
+        return np.asarray(labels, np.int32)
     raise ValueError(f"dataset {spec.dataset!r} has no labels")
 
 
-def load_captions(data_cfg, split: str) -> list[str]:
-    """The captions of a canvas data set's ``split``, row for row with :func:`load_split`."""
+_CLASS_NAMES = {"digits": tuple(str(i) for i in range(10)),
+                "fashion_mnist": canvas.FASHION_NAMES,
+                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
+
+
+def load_class_names(data_cfg) -> tuple[str, ...]:
+    """The names of a labelled data set's classes (index = label): a folder's class subfolders, the
+    bundled sets' own names, or the labels' numbers (``"0"``, ``"1"``, ...) of ``.npz`` and toy data."""
     spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if spec.dataset == "folder":
+        names = files.index(spec.path, "train", spec.seed)[3]
+        if not names:
+            raise ValueError(f"{spec.path}: no labels (put the images in one subfolder per class)")
+        return names
+    if spec.dataset in _CLASS_NAMES:
+        return _CLASS_NAMES[spec.dataset]
+    return tuple(str(c) for c in range(int(load_labels(spec, "train").max()) + 1))
+
+
+def load_captions(data_cfg, split: str) -> list:
+    """The captions of ``split``, row for row with :func:`load_split`: a str per canvas, or a list of str per
+    image of a folder (several captions allowed; ``files.load_captions``)."""
+    spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if spec.dataset == "folder":
+        root, names, _, _ = files.index(spec.path, split, spec.seed)
+        return files.load_captions(root, names, split, spec.captions)
     if not spec.dataset.startswith("canvas"):
-        raise ValueError(f"dataset {spec.dataset!r} has no captions (the canvas data sets do)")
+        raise ValueError(f"dataset {spec.dataset!r} has no captions (image folders with metadata.jsonl and the "
+                         f"canvas data sets do)")
     return canvas.canvases(spec.dataset, split, spec.seed)[1]
 
 
-def load_layouts(data_cfg, split: str) -> np.ndarray:
-    """The layouts ``(N, 2, 5)`` (class, x0, y0, x1, y1; class -1 unused) of a canvas data set's ``split``."""
+def load_layouts(data_cfg, split: str, max_boxes: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``(layouts (N, max_boxes, 5), class names)`` of ``split``: boxes (class, x0, y0, x1, y1) in [0, 1],
+    rows of class -1 unused; from a folder's COCO instances file or a canvas data set."""
     spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
+    if spec.dataset == "folder":
+        root, names, _, _ = files.index(spec.path, split, spec.seed)
+        return files.load_layouts(root, names, split, max_boxes, spec.resize, spec.layouts)
     if not spec.dataset.startswith("canvas"):
-        raise ValueError(f"dataset {spec.dataset!r} has no layouts (the canvas data sets do)")
-    return canvas.canvases(spec.dataset, split, spec.seed)[2]
+        raise ValueError(f"dataset {spec.dataset!r} has no layouts (image folders with a COCO instances.json and "
+                         f"the canvas data sets do)")
+    if max_boxes < canvas.MAX_OBJECTS:
+        raise ValueError(f"config.model.max_boxes={max_boxes}, but {spec.dataset} layouts hold up to "
+                         f"{canvas.MAX_OBJECTS} boxes")
+    layouts = canvas.canvases(spec.dataset, split, spec.seed)[2]
+    padded = np.full((len(layouts), max_boxes, 5), -1.0, np.float32)
+    padded[:, :layouts.shape[1]] = layouts
+    return padded, canvas.SPECS[spec.dataset].class_names
 
 
-def load_layout_classes(data_cfg) -> tuple[str, ...]:
-    """The names of the classes a layout data set's boxes hold (index = class id)."""
+def load_embeddings(data_cfg, split: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(context (N, L, D) float32, mask (N, L) bool)`` of ``split``: a folder's embeddings.npz (matched by
+    file name), or an ``.npz`` data set's arrays ``<split>_context`` with ``<split>_length`` or ``<split>_mask``;
+    ``width``: the D the model takes (a one-line error naming the file otherwise)."""
     spec = data_cfg if isinstance(data_cfg, DataSpec) else parse(data_cfg)
-    if not spec.dataset.startswith("canvas"):
-        raise ValueError(f"dataset {spec.dataset!r} has no layouts (the canvas data sets do)")
-    return canvas.SPECS[spec.dataset].class_names
+    if spec.dataset == "folder":
+        root, names, _, _ = files.index(spec.path, split, spec.seed)
+        return files.load_embeddings(root, names, split, spec.embeddings, width)
+    if spec.dataset != "npz":
+        raise ValueError(f"dataset {spec.dataset!r} has no embeddings (image folders with embeddings.npz and .npz "
+                         f"data sets with <split>_context arrays do)")
+    arrays = readers.read_npz(spec.path)
+    if f"{split}_context" not in arrays:
+        raise ValueError(f"{spec.path}: no array {split}_context (N, L, D) of precomputed embeddings")
+    context = np.asarray(arrays[f"{split}_context"], np.float32)
+    if f"{split}_mask" in arrays:
+        mask = np.asarray(arrays[f"{split}_mask"], bool)
+    elif f"{split}_length" in arrays:
+        mask = np.arange(context.shape[1])[None, :] < np.asarray(arrays[f"{split}_length"])[:, None]
+    else:
+        raise ValueError(f"{spec.path}: no array {split}_length or {split}_mask beside {split}_context")
+    if context.ndim != 3 or mask.shape != context.shape[:2] or not np.all(mask.any(axis=1)):
+        raise ValueError(f"{spec.path}: {split}_context must be (N, L, D) and its mask (N, L) with a True in every "
+                         f"row, got {context.shape} and {mask.shape}")
+    if width is not None and context.shape[2] != width:
+        raise ValueError(f"{spec.path}: {split}_context is {context.shape[2]} wide, but config.model.context_dim is "
+                         f"{width}")
+    return context, mask
 
 
 def data_dims(data_cfg) -> tuple[int, ...]:

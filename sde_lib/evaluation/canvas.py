@@ -71,9 +71,11 @@ def _condition(run, items, per_prompt: int):
 
 
 def evaluate_run(run, evaluator, *, n_prompts: int = 40, per_prompt: int = 5, guidance: float | None = 3.0,
-                 sampler: str = "dpm_solver_pp_3m", steps: int = 20, seed: int = 0) -> dict:
-    """Adherence per prompt set, FD / KID, NFE and sampling time of one run (module docstring)."""
-    name = run.config.data.dataset
+                 sampler: str = "dpm_solver_pp_3m", steps: int = 20, seed: int = 0, canvas: str | None = None) -> dict:
+    """Adherence per prompt set, FD / KID, NFE and sampling time of one run (module docstring). ``canvas``:
+    the canvas data set the run's images are (default: its ``data.dataset``; a run trained on the files of
+    ``scripts/export_canvas.py`` names it here)."""
+    name = canvas or run.config.data.dataset
     sets = prompt_sets(name, n_prompts, seed)
     key = jax.random.PRNGKey(seed)
     out = {"sampler": sampler, "steps": steps, "guidance": guidance}
@@ -116,20 +118,39 @@ def real_ceiling(name: str, evaluator, n_prompts: int = 40, seed: int = 0) -> di
     return out
 
 
-def autoencoder_quality(first_stage, name: str, evaluator, n: int = 1000) -> dict:
-    """PSNR (images in [0, 1]) of mean-latent reconstructions of test canvases, and the evaluator's slot
-    accuracy and adherence on them and on the originals."""
+def autoencoder_quality(first_stage, name: str, evaluator, n: int = 1000, n_fd: int = 200, seed: int = 0) -> dict:
+    """PSNR (images in [0, 1]) of mean-latent reconstructions of test canvases, the evaluator's slot accuracy
+    and adherence on them and on the originals, and the FD / KID of ``n_fd`` reconstructions against as many
+    other real test canvases (the floor latent samples can reach; the same sizes as :func:`evaluate_run`'s).
+
+    A first stage trained on the 8-bit files of ``scripts/export_canvas.py`` gets the canvases as those files
+    hold them (levels spread over 0..255)."""
     spec = canvas_data.SPECS[name]
     x, captions, layouts = canvas_data.canvases(name, "test")
-    x, captions, layouts = x[:n], captions[:n], layouts[:n]
-    model_x = scale(x, spec.levels, centered=True)
-    recon = np.concatenate([np.asarray(first_stage.decode(first_stage.encode(model_x[i:i + 250])))
-                            for i in range(0, len(model_x), 250)])
-    u, ur = (model_x + 1) / 2, np.clip((recon + 1) / 2, 0, 1)
+    levels = first_stage.config.data.levels
+
+    def model_space(images):
+        if levels == spec.levels:
+            return scale(images, spec.levels, centered=True)
+        return scale(np.round(images * 255.0 / (spec.levels - 1)).astype(np.int64), 256, centered=True)
+
+    def reconstruct(images):
+        z = model_space(images)
+        return np.concatenate([np.asarray(first_stage.decode(first_stage.encode(z[i:i + 250])))
+                               for i in range(0, len(z), 250)])
+
+    recon = reconstruct(x[:n])
+    u, ur = (model_space(x[:n]) + 1) / 2, np.clip((recon + 1) / 2, 0, 1)
     mse = np.mean((u - ur) ** 2, axis=(1, 2, 3))
-    truth = canvas_data.slot_labels(layouts)
+    truth = canvas_data.slot_labels(layouts[:n])
+    perm = np.random.default_rng(seed + 1).permutation(len(x))
+    f_real = evaluator.features(x[perm[:n_fd]])
+    f_recon = evaluator.features(reconstruct(x[perm[n_fd:2 * n_fd]]))
     return {"psnr": float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12)))),
-            "slot_accuracy_real": float(np.mean(evaluator.slots(x) == truth)),
+            "slot_accuracy_real": float(np.mean(evaluator.slots(x[:n]) == truth)),
             "slot_accuracy_recon": float(np.mean(evaluator.slots(recon) == truth)),
-            "adherence_real": float(np.mean(evaluator.adherence(x, captions))),
-            "adherence_recon": float(np.mean(evaluator.adherence(recon, captions)))}
+            "adherence_real": float(np.mean(evaluator.adherence(x[:n], captions[:n]))),
+            "adherence_recon": float(np.mean(evaluator.adherence(recon, captions[:n]))),
+            "fd_recon": distances.frechet_from_stats(*distances.gaussian_stats(f_real),
+                                                     *distances.gaussian_stats(f_recon)),
+            "kid_recon": distances.kid(f_real, f_recon, num_subsets=20, subset_size=n_fd // 2, seed=seed)[0]}

@@ -25,6 +25,7 @@ import numpy as np
 
 from sde_lib import conditioning, sampling, training
 from sde_lib.data import load_split
+from sde_lib.data.pipeline import first_choice
 from sde_lib.guidance import classifier_free
 from sde_lib.likelihood import bits_per_dim, log_likelihood
 from sde_lib.parameterization import noise_conditioning
@@ -254,7 +255,8 @@ class Run:
             raise ValueError(f"{self.workdir} is unconditional: conditional=True needs a conditional run")
         cond = None if self.kind is None else self._null_rows(len(data))
         if conditional:
-            cond = {k: jax.numpy.asarray(v[: len(data)]) for k, v in self.assembly.condition_arrays(split).items()}
+            arrays = first_choice(self.assembly.condition_arrays(split))  # an image's first caption
+            cond = {k: jax.numpy.asarray(v[: len(data)]) for k, v in arrays.items()}
         batch_size = int(batch_size or e.batch_size)
         start = time.perf_counter()
         key = jax.random.PRNGKey(seed)

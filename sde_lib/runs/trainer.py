@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 # frequencies, the sampler used for snapshots and evaluation settings, where the data live).
 RESUMABLE = ("training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
              "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.n_jitted_steps",
-             "sampling.*", "eval.*", "data.path")
+             "sampling.*", "eval.*", "data.path", "data.workers")
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -195,7 +195,7 @@ def _prepare(config, folder: RunFolder, mesh, *, force: bool, fork_from: str | N
     t = config.training
     training.check_batch_sizes(config, mesh)
     eval_split = "test" if config.eval.split == "test" else "train"
-    train_ds = Dataset(config.data, "train", t.batch_size, config.seed)
+    train_ds = Dataset(config.data, "train", t.batch_size, config.seed, workers=config.data.workers)
     eval_ds = Dataset(config.data, eval_split, config.eval.batch_size, config.seed)
     dims = tuple(data_dims(config.data))
     if tuple(train_ds.dims) != dims:
@@ -385,7 +385,8 @@ def _snapshot_samples(assembly: Assembly, state, key, folder: RunFolder, step, l
     config, s = assembly.config, assembly.config.sampling
     cond = None
     if eval_ds.cond:
-        cond = {k: jnp.asarray(v[: s.batch_size]) for k, v in eval_ds.cond.items()}
+        rows = np.arange(s.batch_size) % eval_ds.num_examples  # the first test conditions (cycled if too few)
+        cond = {k: jnp.asarray(v) for k, v in eval_ds.cond_rows(rows).items()}
     x, _ = sampling.sample(assembly.sde, assembly.score_fn(state.ema), key, (s.batch_size, *assembly.model_dims),
                            sampler=s.sampler, steps=s.steps, eps=s.eps, denoise=s.denoise, cond=cond, **dict(s.options))
     if assembly.first_stage is not None:

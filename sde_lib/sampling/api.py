@@ -34,6 +34,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax
+import numpy as np
 
 from sde_lib.parameterization import tweedie_x0
 from sde_lib.sampling import registry
@@ -52,12 +53,24 @@ def default_eps(sde: SDE) -> float:
 def bind_score(score_fn: ScoreFn, cond=None) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``score(x, t)`` with ``t`` a scalar or ``(B,)``: ``score_fn`` called with ``cond`` when one is given.
 
-    Used inside the jitted solve (a closure there costs nothing; ``score_fn``'s arrays are already traced).
+    Used inside the jitted solves (a closure there costs nothing; ``score_fn``'s arrays are already
+    traced). Each call checks that the score has x's shape and raises one ValueError naming both shapes
+    otherwise (a wrong shape would be broadcast silently). Shapes are static, so the check runs while
+    the solve is traced, once per compilation: a cached call traces nothing and checks nothing.
     """
 
     def score(x, t):
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
-        return score_fn(x, t) if cond is None else score_fn(x, t, cond)
+        try:
+            out = score_fn(x, t) if cond is None else score_fn(x, t, cond)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"score_fn cannot be called on x of shape {tuple(x.shape)}: "
+                             f"{str(err).splitlines()[0]}") from None
+        if not hasattr(out, "shape") or tuple(out.shape) != tuple(x.shape):
+            got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)}; it must return the score, "
+                             "of x's shape")
+        return out
 
     return score
 
@@ -155,32 +168,17 @@ def run(sde: SDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], sam
     opts = spec.parse_options(options)
     if not spec.is_adaptive:
         check_time_grid(sde, opts["time_grid"], int(steps), eps)
-    check_score_shape(score_fn, shape, cond)
     x, nfe, ok, ts, traj = _sample_jit(sde, score_fn, key, x_init, shape, sampler, int(steps), eps, bool(denoise),
                                        opts, cond, hook)
     info = {"nfe": nfe, "ok": ok, "ts": ts}
     if traj is not None:
         info["trajectory"] = traj
-    if not isinstance(ok, jax.core.Tracer) and not bool(jnp.all(ok)):
-        bad = int(jnp.sum(~ok))
+    if not isinstance(ok, jax.core.Tracer) and not np.asarray(ok).all():  # a readback, no further dispatch
+        bad = int(np.sum(~np.asarray(ok)))
         warnings.warn(f"sample(): {bad} of {shape[0]} samples of {sampler!r} are not finite or their solve failed "
                       f"(a NaN/Inf score or input, or an adaptive solve reaching max_steps); see info['ok']",
                       stacklevel=3)
     return x, info
-
-
-def check_score_shape(score_fn: ScoreFn, shape: tuple[int, ...], cond=None) -> None:
-    """Trace ``score_fn`` once on ``shape`` (no computation) and raise one ValueError if its output is not
-    an array of ``shape`` (a wrong shape would otherwise be broadcast silently)."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    t = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
-    try:
-        out = jax.eval_shape(bind_score(score_fn, cond), x, t)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"score_fn cannot be called on x of shape {shape}: {str(err).splitlines()[0]}") from None
-    if not hasattr(out, "shape") or tuple(out.shape) != tuple(shape):
-        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
-        raise ValueError(f"score_fn returned {got} for x of shape {shape}; it must return the score, of x's shape")
 
 
 @eqx.filter_jit
