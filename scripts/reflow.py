@@ -14,6 +14,9 @@ then train a new run on the pairs; prints the straightness of both models' paths
    scripts/train.py hold: a folder that holds a run is refused.
 4. Prints a JSON line: the pairs' cost and both models' straightness and length ratio
    (``sde_lib.reflow.straightness``, on --num_straight other draws).
+
+With --measure_only it prints the straightness of --workdir alone (any unconditional data-space run, e.g. a
+VP model to compare with): no pairs, no training, and --out_workdir / --pairs are not needed.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from sde_lib.runs import load_run, trainer
 def parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="the trained run to rectify (read only)")
-    p.add_argument("--out_workdir", required=True, help="the new run folder (must not hold a run)")
-    p.add_argument("--pairs", required=True, help="the .npz of pairs to write (or read with --reuse_pairs)")
+    p.add_argument("--out_workdir", default=None, help="the new run folder (must not hold a run)")
+    p.add_argument("--pairs", default=None, help="the .npz of pairs to write (or read with --reuse_pairs)")
     p.add_argument("--num_pairs", type=int, default=20000, help="coupled pairs to draw")
     p.add_argument("--sampler", default="ode_adaptive", help="deterministic sampler of the pairs")
     p.add_argument("--steps", type=int, default=50, help="steps of a fixed-step --sampler")
@@ -45,6 +48,7 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs (the straightness uses seed + 1)")
     p.add_argument("--reuse_pairs", action="store_true", help="train on an existing --pairs file as it is")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --pairs file")
+    p.add_argument("--measure_only", action="store_true", help="only print the straightness of --workdir")
     return p
 
 
@@ -58,9 +62,17 @@ def main(argv=None) -> None:
     with cli.exit_on_user_error():
         if a.n_iters < 1 or a.num_pairs < 1 or a.num_straight < 0:
             raise ValueError("--n_iters and --num_pairs must be >= 1 and --num_straight >= 0")
+        if not a.measure_only and not (a.out_workdir and a.pairs):
+            raise ValueError("--out_workdir and --pairs are required (unless --measure_only)")
+        if a.measure_only and a.num_straight < 1:
+            raise ValueError("--measure_only needs --num_straight >= 1")
         run = load_run(a.workdir)
         if run.kind is not None or run.first_stage is not None or run.objective != "score":
             raise ValueError(f"{a.workdir}: reflow takes an unconditional data-space score run")
+        if a.measure_only:
+            print(json.dumps({"source": a.workdir, "source_step": run.step,
+                              "source_straightness": _straightness(run, a.num_straight, a.seed + 1)}))
+            return
         if os.path.exists(os.path.join(a.out_workdir, "config.json")):
             raise ValueError(f"{a.out_workdir} already holds a run; choose a new --out_workdir")
         eps = run.config.training.eps

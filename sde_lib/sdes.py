@@ -493,6 +493,7 @@ class EDMPath(GaussianPath):
 
 SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "linear": LinearPath, "cosine": CosinePath,
         "edm": EDMPath}
+CLI_NAMES = ("vp", "subvp", "ve", "linear", "cosine", "edm")  # the --sde choices of the scripts (see sde_class)
 
 
 def sde_class(name: str) -> type[SDE]:
