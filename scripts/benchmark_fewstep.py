@@ -71,7 +71,7 @@ def official_methods(path: str, source) -> dict:
     vp = type(sde).__name__ == "VPSDE"
     schedule = mod.NoiseScheduleVP("linear", continuous_beta_0=sde.beta_min, continuous_beta_1=sde.beta_max) \
         if vp else SDESchedule(sde)
-    eps = 1e-3 if sde.is_vp_type else 1e-5
+    eps = sde.default_eps
 
     def noise_model(x, t):
         sigma = sde.marginal_coeffs(t)[1].reshape((-1,) + (1,) * (x.ndim - 1))

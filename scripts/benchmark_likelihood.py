@@ -139,7 +139,7 @@ def measure(methods, error, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", default="gauss16d")
-    p.add_argument("--sde", default="vp", choices=("vp", "subvp", "ve"))
+    p.add_argument("--sde", default="vp", choices=sde_lib.sdes.CLI_NAMES)
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--tols", default="1e-5",
                    help="comma-separated rtol = atol values; several give a work-precision table")

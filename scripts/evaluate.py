@@ -39,10 +39,7 @@ from sde_lib.evaluation import report
 from sde_lib import likelihood as L
 from sde_lib.data.scaling import quantize
 from sde_lib.oracle import builtin_mixture
-from sde_lib.sdes import sde_class
-
-SDE_CHOICES = ("vp", "subvp", "ve")
-
+from sde_lib.sdes import CLI_NAMES, sde_class
 
 def parse_scale(text: str) -> tuple[float, float]:
     try:
@@ -197,7 +194,7 @@ def parser():
     m.add_argument("--cache_dir", default=None, help="feature-classifier cache folder")
     q = p.add_argument_group("--likelihood")
     q.add_argument("--mixture", default="gauss16d", help="built-in mixture of the oracle model")
-    q.add_argument("--sde", default="vp", choices=SDE_CHOICES)
+    q.add_argument("--sde", default="vp", choices=CLI_NAMES)
     q.add_argument("--data", default="mixture", help="'mixture' or a .npz file of integer levels")
     q.add_argument("--split", default=None, help="a run's split, or the array name inside the .npz file")
     q.add_argument("--n", type=int, default=None, help="examples (default: 512 draws of --data mixture; a run's "

@@ -17,7 +17,7 @@ The package is layered (checked by import contracts in ``pyproject.toml``), top 
 
 from sde_lib import guidance, likelihood, oracle, sampling
 from sde_lib.runs import Run, load_run
-from sde_lib.sdes import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from sde_lib.sdes import SDE, CosinePath, EDMPath, GaussianPath, LinearPath, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
-__all__ = ["SDE", "ReverseSDE", "Run", "SubVPSDE", "VESDE", "VPSDE", "guidance", "likelihood", "load_run", "oracle",
-           "sampling"]
+__all__ = ["SDE", "CosinePath", "EDMPath", "GaussianPath", "LinearPath", "ReverseSDE", "Run", "SubVPSDE", "VESDE",
+           "VPSDE", "guidance", "likelihood", "load_run", "oracle", "sampling"]

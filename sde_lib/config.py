@@ -28,7 +28,7 @@ from models.layers import EMBEDDING_TYPES
 from models.unet import PROGRESSIVE_INPUT, RESBLOCK_TYPES
 from sde_lib import conditioning, sampling
 from sde_lib.data import SPLITS, parse, toy
-from sde_lib.losses import WEIGHTINGS
+from sde_lib.losses import TIME_SAMPLINGS, WEIGHTINGS
 from sde_lib.objectives import OBJECTIVES
 from sde_lib.parameterization import PARAMETERIZATIONS
 from sde_lib.sdes import SDES
@@ -57,10 +57,16 @@ SCHEMA = {
     "training": {
         "objective": ("score", "what the run optimises: score | classifier (a noise-conditional classifier, for "
                                "classifier guidance) | autoencoder (a latent run's first stage)"),
-        "sde": ("vpsde", "the forward SDE: vpsde | subvpsde | vesde"),
+        "sde": ("vpsde", "the forward process: vpsde | subvpsde | vesde, or a Gaussian path: linear (rectified "
+                         "flow / flow matching) | cosine | edm (sigma(t) = t on [0, model.sigma_max])"),
         "continuous": (True, "continuous time t (score_sde's continuous training); False: DDPM / SMLD's N steps"),
         "weighting": ("sigma2", "loss weight lambda(t): sigma2 (score_sde's sigma_t^2) | likelihood (g^2) | "
-                                "likelihood_is (g^2 with importance-sampled t)"),
+                                "likelihood_is (g^2 with importance-sampled t) | velocity ((g^2/2)^2: flow "
+                                "matching's velocity error)"),
+        "time_sampling": ("uniform", "training times: uniform | logit_normal (log sigma(t) ~ N(time_loc, "
+                                     "time_scale^2): SD3's logit-normal t on the linear path)"),
+        "time_loc": (0.0, "logit_normal: mean of log sigma(t) (logit t on the linear path)"),
+        "time_scale": (1.0, "logit_normal: standard deviation of log sigma(t)"),
         "reduce_mean": (False, "average the loss over dimensions instead of summing"),
         "n_iters": (1_300_001, "updates to train to; raising it resumes a finished run"),
         "batch_size": (128, "global batch (a multiple of the devices)"),
@@ -118,15 +124,18 @@ SCHEMA = {
                            "{split} is replaced); '' = the split folder's embeddings.npz"),
         "workers": (0, "image folders: processes that read and decode the files ahead of training (0: two "
                        "threads of the training process)"),
+        "pairs": ("", "reflow: an .npz of coupled pairs (x, noise) from scripts/reflow.py; training draws them "
+                      "instead of the data set's training split with fresh noise (the data set stays the "
+                      "evaluation data)"),
     },
     "model": {
         "name": ("ddpmpp", "network: mlp | ncsnpp | ddpmpp (U-Nets) | classifier | autoencoder"),
-        "parameterization": ("eps", "network output: score | eps | x0 | v | edm"),
+        "parameterization": ("eps", "network output: score | eps | x0 | v | edm | velocity (alpha' x0 + sigma' eps)"),
         "sigma_data": (0.5, "EDM preconditioning: the data's standard deviation"),
         "beta_min": (0.1, "VP / sub-VP: beta(0)"),
         "beta_max": (20.0, "VP / sub-VP: beta(1)"),
-        "sigma_min": (0.01, "VE: sigma(0)"),
-        "sigma_max": (50.0, "VE: sigma(1)"),
+        "sigma_min": (0.01, "VE: sigma(0); EDM path: the samplers' default end"),
+        "sigma_max": (50.0, "VE: sigma(1); EDM path: T"),
         "num_scales": (1000, "N: discrete steps (DDPM / SMLD, ancestral sampling, noise label (N - 1) t)"),
         "dropout": (0.1, "dropout rate"),
         "nf": (128, "U-Net / autoencoder: base channels"),
@@ -328,6 +337,18 @@ def validate_config(config, samplers=None) -> ml_collections.ConfigDict:
 
     _one_of(config, "training.sde", SDES)
     _one_of(config, "training.weighting", WEIGHTINGS)
+    _one_of(config, "training.time_sampling", TIME_SAMPLINGS)
+    _positive(config, "training.time_scale")
+    if not math.isfinite(config.training.time_loc):
+        _fail("training.time_loc", f"must be finite, got {config.training.time_loc!r}")
+    if config.training.time_sampling != "uniform" and config.training.weighting == "likelihood_is":
+        _fail("training.time_sampling", "must be 'uniform' with training.weighting='likelihood_is' (it draws its "
+                                        "own times)")
+    if m.parameterization == "velocity" and not config.training.continuous:
+        _fail("model.parameterization", "'velocity' needs continuous time (training.continuous=True)")
+    if d.pairs and (config.condition.kind != "none" or config.first_stage.workdir or d.random_flip):
+        _fail("data.pairs", "takes unconditional data-space runs without flips (condition.kind='none', no "
+                            "first_stage.workdir, data.random_flip=False)")
     for f in ("n_iters", "batch_size", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption",
               "n_jitted_steps"):
         _positive(config, "training." + f)

@@ -12,6 +12,16 @@ lambda = g(t)^2, which makes L an upper bound on the negative log-likelihood (ar
 half log-SNR), q is uniform in lambda_t: t = t_from_half_log_snr(U(lambda_T, lambda_eps)) is exact, and the
 reweighted integrand is the constant Z / (T - eps) times the ``"sigma2"`` one, Z = 2 (lambda_eps - lambda_T).
 
+Flow matching (Lipman et al. 2023, arXiv 2210.02747; rectified flow, Liu et al. 2023) regresses the velocity,
+E || v_theta(x_t, t) - (alpha'_t x_0 + sigma'_t z) ||^2. Since v = f x - g^2 s / 2 for every process and the
+conditional target is f x + g^2 z / (2 sigma_t), this is the weighting ``"velocity"``, lambda(t) = (g^2 / 2)^2;
+with ``parameterization="velocity"`` the loss is exactly || F - (alpha' x_0 + sigma' z) ||^2 (z - x_0 on the
+linear path). Its minimiser is the probability-flow drift. Times (:data:`TIME_SAMPLINGS`): ``"uniform"``
+U(eps, T), or ``"logit_normal"``: log sigma(t) ~ N(loc, scale^2) truncated to [eps, T], sigma(t) the EDM
+noise level, i.e. logit(t) ~ N(loc, scale^2) on the linear path (SD3's logit-normal, Esser et al. 2024,
+arXiv 2403.03206; loc 0, scale 1) and EDM's log-normal sigma on the EDM path (loc -1.2, scale 1.2).
+The weighting is applied as is (no importance correction): the time law is part of the objective.
+
 Every parameterisation is affine in the network output (score = a F + b x), so the loss is computed as
 the equivalent native regression lambda a^2 || F - F* || ^2 (F* from :func:`regression_target`), which
 avoids cancellations such as (alpha F - x) / sigma^2 at small sigma. Sums over dims, or means with
@@ -39,7 +49,8 @@ from sde_lib import parameterization as param_lib
 from sde_lib.parameterization import ModelFn
 from sde_lib.sdes import SDE, SubVPSDE, VESDE, VPSDE, batch_broadcast, per_sample_keys
 
-WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is")
+WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is", "velocity")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def _check_weighting(weighting: str) -> str:
@@ -52,11 +63,13 @@ def weighting_fn(sde: SDE, t: jax.Array, weighting: str, eps: float = 1e-5) -> j
     """Per-example weight ``(B,)`` applied to || s + z / sigma_t ||^2 at times ``t`` ``(B,)``.
 
     For ``"likelihood_is"`` it is the importance weight times g^2, i.e. sigma_t^2 Z / (T - eps), valid
-    for t drawn by :func:`sample_times`.
+    for t drawn by :func:`sample_times`; for ``"velocity"`` (g^2 / 2)^2, the velocity error's.
     """
     w = _check_weighting(weighting)
     if w == "likelihood":
         return sde.diffusion_coef(t) ** 2
+    if w == "velocity":
+        return (0.5 * sde.diffusion_coef(t) ** 2) ** 2
     sigma2 = sde.marginal_coeffs(t)[1] ** 2
     if w == "sigma2":
         return sigma2
@@ -64,9 +77,27 @@ def weighting_fn(sde: SDE, t: jax.Array, weighting: str, eps: float = 1e-5) -> j
     return sigma2 * z / (sde.T - eps)
 
 
-def sample_times(sde: SDE, key: jax.Array, shape: tuple[int, ...], weighting: str, eps: float = 1e-5) -> jax.Array:
-    """Training times of ``shape``: U(eps, T), or uniform in lambda_t for ``"likelihood_is"``."""
+def _check_time_sampling(time_sampling: str, weighting: str, scale: float) -> None:
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {time_sampling!r}; choose from {', '.join(TIME_SAMPLINGS)}")
+    if time_sampling != "uniform" and _check_weighting(weighting) == "likelihood_is":
+        raise ValueError(f"weighting 'likelihood_is' draws its own times; time sampling {time_sampling!r} does not apply")
+    if not scale > 0:
+        raise ValueError(f"the time distribution's scale must be > 0, got {scale}")
+
+
+def sample_times(sde: SDE, key: jax.Array, shape: tuple[int, ...], weighting: str, eps: float = 1e-5,
+                 time_sampling: str = "uniform", loc: float = 0.0, scale: float = 1.0) -> jax.Array:
+    """Training times of ``shape``: U(eps, T); uniform in lambda_t for ``"likelihood_is"``; for ``"logit_normal"``
+    -lambda_t = log sigma(t) ~ N(loc, scale^2) truncated to [eps, T] (module docstring), drawn by inverting
+    the truncated normal's CDF."""
     u = jax.random.uniform(key, shape)
+    if time_sampling == "logit_normal":
+        lo = (-sde.half_log_snr(jnp.asarray(eps)) - loc) / scale
+        hi = (-sde.half_log_snr(jnp.asarray(sde.T)) - loc) / scale
+        p_lo, p_hi = jax.scipy.special.ndtr(lo), jax.scipy.special.ndtr(hi)
+        lam = -(loc + scale * jax.scipy.special.ndtri(p_lo + (p_hi - p_lo) * u))
+        return jnp.clip(sde.t_from_half_log_snr(lam), eps, sde.T)
     if _check_weighting(weighting) != "likelihood_is":
         return eps + (sde.T - eps) * u
     lam_lo, lam_hi = sde.half_log_snr(jnp.asarray(sde.T)), sde.half_log_snr(jnp.asarray(eps))
@@ -85,30 +116,33 @@ def denoising_losses(
     parameterization: str = "score",
     reduce_mean: bool = True,
     sigma_data: float = 0.5,
+    rates=None,
 ) -> jax.Array:
     """Per-example ``weight * || s(x_t) + noise / sigma ||^2`` (reduced over dims), shape ``(B,)``.
 
     The deterministic core of every loss here: ``x0``, ``noise`` ``(B, *dims)``; marginal coefficients
-    ``alpha``, ``sigma``, network conditioning ``c_noise`` and ``weight`` all ``(B,)``. Use it for
-    held-out losses at fixed noise levels.
+    ``alpha``, ``sigma``, network conditioning ``c_noise`` and ``weight`` all ``(B,)``; ``rates``
+    (alpha', sigma') for the ``"velocity"`` parameterisation. Use it for held-out losses at fixed noise levels.
     """
-    c_in, (a, _), _, _ = param_lib.affine_coefficients(alpha, sigma, parameterization, sigma_data)
+    c_in, (a, _), _, _ = param_lib.affine_coefficients(alpha, sigma, parameterization, sigma_data, rates)
     x = batch_broadcast(alpha, x0) * x0 + batch_broadcast(sigma, x0) * noise
     out = model_fn(batch_broadcast(c_in, x) * x, c_noise)
-    target = param_lib.target_from_coefficients(alpha, sigma, x0, noise, parameterization, sigma_data)
+    target = param_lib.target_from_coefficients(alpha, sigma, x0, noise, parameterization, sigma_data, rates)
     sq = jnp.square(out - target).reshape(x0.shape[0], -1)
     sq = jnp.mean(sq, axis=-1) if reduce_mean else jnp.sum(sq, axis=-1)
     return weight * a**2 * sq
 
 
-def _draws(key, x0, draw_t):
-    """Per-example (t or index, noise) with example i a function of (key, i) only."""
+def _draws(key, x0, draw_t, noise=None):
+    """Per-example (t or index, noise) with example i a function of (key, i) only; a given ``noise`` (a
+    coupling's, e.g. reflow's pairs) is used as is."""
 
     def one(k):
         kt, kz = jax.random.split(k)
         return draw_t(kt), jax.random.normal(kz, x0.shape[1:], x0.dtype)
 
-    return jax.vmap(one)(per_sample_keys(key, x0.shape[0]))
+    t, z = jax.vmap(one)(per_sample_keys(key, x0.shape[0]))
+    return t, (z if noise is None else noise)
 
 
 def dsm_losses(
@@ -121,13 +155,23 @@ def dsm_losses(
     reduce_mean: bool = True,
     eps: float = 1e-5,
     sigma_data: float = 0.5,
+    noise: jax.Array | None = None,
+    time_sampling: str = "uniform",
+    time_loc: float = 0.0,
+    time_scale: float = 1.0,
 ) -> jax.Array:
-    """Continuous-time denoising score matching, per example ``(B,)`` for data ``x0`` ``(B, *dims)``."""
-    t, noise = _draws(key, x0, lambda k: sample_times(sde, k, (), weighting, eps))
+    """Continuous-time denoising score matching, per example ``(B,)`` for data ``x0`` ``(B, *dims)``.
+
+    ``noise``: the z of x_t = alpha_t x0 + sigma_t z, ``(B, *dims)``, for a coupling of data and noise (reflow);
+    None draws it independently. ``time_sampling``, ``time_loc``, ``time_scale``: see :func:`sample_times`.
+    """
+    t, noise = _draws(key, x0, lambda k: sample_times(sde, k, (), weighting, eps, time_sampling, time_loc,
+                                                       time_scale), noise)
     alpha, sigma = sde.marginal_coeffs(t)
     c_noise = param_lib.noise_conditioning(sde, t, parameterization)
     w = weighting_fn(sde, t, weighting, eps)
-    return denoising_losses(model_fn, x0, noise, alpha, sigma, c_noise, w, parameterization, reduce_mean, sigma_data)
+    return denoising_losses(model_fn, x0, noise, alpha, sigma, c_noise, w, parameterization, reduce_mean, sigma_data,
+                            sde.marginal_rates(t))
 
 
 def ddpm_coefficients(sde: VPSDE) -> tuple[jax.Array, jax.Array]:
@@ -173,25 +217,32 @@ def get_loss_fn(
     eps: float = 1e-5,
     sigma_data: float = 0.5,
     per_example: bool = False,
-) -> Callable[[ModelFn, jax.Array, jax.Array], jax.Array]:
-    """``loss(model_fn, key, x0)``: the batch mean (a scalar), or ``(B,)`` with ``per_example``.
+    time_sampling: str = "uniform",
+    time_loc: float = 0.0,
+    time_scale: float = 1.0,
+) -> Callable[..., jax.Array]:
+    """``loss(model_fn, key, x0, noise=None)``: the batch mean (a scalar), or ``(B,)`` with ``per_example``;
+    ``noise`` ``(B, *dims)`` couples each example with its own noise (reflow), None draws it.
 
     Options are validated here, once: ``continuous=False`` selects the DDPM loss (VPSDE) or the SMLD loss
-    (VESDE) and only allows ``weighting="sigma2"``.
+    (VESDE) and only allows ``weighting="sigma2"``, uniform times and no coupled noise.
     """
     _check_weighting(weighting)
     param_lib.check_parameterization(parameterization)
+    _check_time_sampling(time_sampling, weighting, time_scale)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
     if continuous:
-        kwargs = dict(weighting=weighting, parameterization=parameterization, reduce_mean=reduce_mean, eps=eps)
+        kwargs = dict(weighting=weighting, parameterization=parameterization, reduce_mean=reduce_mean, eps=eps,
+                      time_sampling=time_sampling, time_loc=float(time_loc), time_scale=float(time_scale))
 
-        def losses(model_fn, key, x0):
-            return dsm_losses(sde, model_fn, key, x0, sigma_data=sigma_data, **kwargs)
+        def losses(model_fn, key, x0, noise=None):
+            return dsm_losses(sde, model_fn, key, x0, sigma_data=sigma_data, noise=noise, **kwargs)
 
     else:
-        if weighting != "sigma2":
-            raise ValueError(f"weighting={weighting!r} is continuous-time only; discrete losses use 'sigma2'")
+        if weighting != "sigma2" or time_sampling != "uniform" or parameterization == "velocity":
+            raise ValueError(f"weighting={weighting!r}, time sampling {time_sampling!r} and parameterization "
+                             f"{parameterization!r}: discrete losses take 'sigma2', uniform times and no velocity")
         if isinstance(sde, VESDE):
             discrete = smld_losses
         elif isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
@@ -199,9 +250,11 @@ def get_loss_fn(
         else:
             raise ValueError(f"continuous=False needs a VPSDE (DDPM) or VESDE (SMLD), got {type(sde).__name__}")
 
-        def losses(model_fn, key, x0):
+        def losses(model_fn, key, x0, noise=None):
+            if noise is not None:
+                raise ValueError("discrete losses draw their own noise; coupled noise needs continuous=True")
             return discrete(sde, model_fn, key, x0, parameterization, reduce_mean, sigma_data)
 
     if per_example:
         return losses
-    return lambda model_fn, key, x0: jnp.mean(losses(model_fn, key, x0))
+    return lambda model_fn, key, x0, noise=None: jnp.mean(losses(model_fn, key, x0, noise))

@@ -48,10 +48,10 @@ def _cast(params, dtype):
 
 
 def split_batch(batch):
-    """``(x, cond or None)`` of a batch dict (or a bare array)."""
+    """``(x, cond or None)`` of a batch dict (or a bare array); a reflow batch's ``"noise"`` is not a condition."""
     if not isinstance(batch, dict):
         return batch, None
-    cond = {k: v for k, v in batch.items() if k != "x"}
+    cond = {k: v for k, v in batch.items() if k not in ("x", "noise")}
     return batch["x"], cond or None
 
 
@@ -89,7 +89,8 @@ class ScoreObjective:
         def model_fn(x, c):
             return net(x.astype(dtype), c, cond, train=True, key=key_dropout).astype(jnp.float32)
 
-        return jnp.mean(self.per_example(model_fn, key_loss, x0)), {}
+        noise = batch.get("noise") if isinstance(batch, dict) else None  # reflow's coupled noise
+        return jnp.mean(self.per_example(model_fn, key_loss, x0, noise)), {}
 
     def eval_losses(self, params, batch, key):
         x0, cond = self._inputs(batch, key, train=False)
@@ -184,7 +185,8 @@ def loss_fn(config, per_example: bool = False):
     t, m = config.training, config.model
     return losses.get_loss_fn(get_sde(config), continuous=t.continuous, weighting=t.weighting,
                               reduce_mean=t.reduce_mean, parameterization=m.parameterization, eps=t.eps,
-                              sigma_data=m.sigma_data, per_example=per_example)
+                              sigma_data=m.sigma_data, per_example=per_example, time_sampling=t.time_sampling,
+                              time_loc=t.time_loc, time_scale=t.time_scale)
 
 
 def make(config, graphdef, *, null_cond=None, first_stage: FirstStage | None = None, perceptual=None):

@@ -8,6 +8,11 @@ so log p_t and its score  grad log p_t(x) = sum_k r_k(x) (alpha_t mu_k - x) / v_
 component responsibilities, v_k the component variances) are exact. A sampler driven by this score has
 only discretisation error, and the probability-flow likelihood must reproduce log p_eps.
 
+So are the posterior means E[x_0 | x_t] = sum_k r_k (mu_k + alpha_t s_k^2 (x - alpha_t mu_k) / v_k) and
+E[z | x_t] = sum_k r_k sigma_t (x - alpha_t mu_k) / v_k, hence the exact velocity (the minimiser of flow
+matching's loss, the probability-flow drift) v(x, t) = alpha'_t E[x_0 | x_t] + sigma'_t E[z | x_t], which
+stays finite where alpha_t = 0 (the linear path at t = 1: v = x - E[x_0]) and the score form does not.
+
 With component labels the mixture is also an exact labelled data set: the class-conditional score
 (responsibilities within the class), the noisy classifier p_t(y | x) and the posterior of unobserved
 coordinates given observed ones are all closed-form, which proves guidance and inpainting.
@@ -111,6 +116,18 @@ class GaussianMixture(eqx.Module):
         lw = jnp.where(inside | null, self.log_weights[None, :], -jnp.inf)
         return lw - jax.nn.logsumexp(lw, axis=-1, keepdims=True)
 
+    def _velocity(self, x, alpha, sigma, d_alpha, d_sigma):
+        """alpha' E[x_0 | x] + sigma' E[z | x] from the posterior means, shape of ``x``."""
+        log_n, mean, var = self._components(x, alpha, sigma)
+        r = jax.nn.softmax(log_n + self.log_weights, axis=-1)  # (n, K)
+        flat = x.reshape(x.shape[0], -1)
+        alpha, sigma, d_alpha, d_sigma = (jnp.broadcast_to(c, x.shape[:1])[:, None] for c in
+                                          (alpha, sigma, d_alpha, d_sigma))
+        resid = flat[:, None, :] - mean  # (n, K, D): x - alpha mu_k
+        x0 = r @ self.means + jnp.einsum("nk,nkd->nd", r * alpha * self.stds**2 / var, resid)
+        z = jnp.einsum("nk,nkd->nd", r * sigma / var, resid)
+        return (d_alpha * x0 + d_sigma * z).reshape(x.shape)
+
     def _score(self, x, alpha, sigma, label=None):
         log_n, mean, var = self._components(x, alpha, sigma)
         r = jax.nn.softmax(log_n + self._row_log_weights(label), axis=-1)  # (n, K) responsibilities
@@ -152,6 +169,11 @@ class GaussianMixture(eqx.Module):
         also ``score_fn(x, t, {"label": (n,)})``, the exact class-conditional score grad log p_t(x | y)
         (a labelled mixture; label ``num_classes`` is the null class: the unconditional score)."""
         return MixtureScore(self, sde)
+
+    def velocity_fn(self, sde: SDE) -> "MixtureVelocity":
+        """The exact velocity ``velocity_fn(x, t) = E[alpha'_t x_0 + sigma'_t z | x_t = x]`` (module docstring),
+        ``x`` ``(n, *dims)``, ``t`` ``(n,)``: flow matching's target and the probability-flow drift."""
+        return MixtureVelocity(self, sde)
 
     # ---------------------------------------------------------------------------------- conditioning
     def conditional(self, label: int) -> "GaussianMixture":
@@ -220,6 +242,20 @@ class MixtureScore(eqx.Module):
     def __call__(self, x: jax.Array, t: jax.Array, cond=None) -> jax.Array:
         alpha, sigma = self.sde.marginal_coeffs(jnp.asarray(t, x.dtype))
         return self.mixture._score(x, alpha, sigma, None if cond is None else cond["label"])
+
+
+class MixtureVelocity(eqx.Module):
+    """``velocity_fn(x, t)``: the exact velocity of ``mixture`` under ``sde`` (a pytree, as :class:`MixtureScore`)."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        t = jnp.asarray(t, x.dtype)
+        return self.mixture._velocity(x, *self.sde.marginal_coeffs(t), *self.sde.marginal_rates(t))
 
 
 def builtin_mixture(name: str) -> GaussianMixture:

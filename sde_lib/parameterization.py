@@ -19,10 +19,15 @@ with per-example coefficients ``(B,)`` written in closed form below (no cancella
   at EDM noise level s = sigma / alpha:  D = c_skip x / alpha + c_out F(c_in x / alpha, log(s) / 4),
   c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2),
   with ``sd = sigma_data``; D is the x0 prediction and score = (alpha D - x) / sigma^2.
+* ``"velocity"``: F = dx_t/dt = alpha' x0 + sigma' eps, flow matching's velocity (z - x0 on the linear
+  path; the probability-flow drift f x - g^2 score / 2 of any SDE). With the rates (alpha', sigma') of
+  ``sde.marginal_rates`` and w = alpha sigma' - sigma alpha' (> 0: 1 on the linear path):
+  x0 = (sigma' x - sigma F) / w, eps = (alpha F - alpha' x) / w, score = (alpha' x - alpha F) / (sigma w).
 
 Noise conditioning ``c_noise`` (a documented choice, as in score_sde's networks): ``log(s) / 4`` for
-``"edm"``; otherwise ``(N - 1) t`` for VP-type SDEs (999 t for N = 1000, the DDPM timestep label) and
-``log(sigma_t)`` for VE (NCSN++ embeds log sigma).
+``"edm"`` and ``"velocity"`` (on the linear path logit(t) / 4: networks see the same noise-level input
+on every path); otherwise ``(N - 1) t`` for VP-type SDEs (999 t for N = 1000, the DDPM timestep label)
+and ``log(sigma_t)`` for VE (NCSN++ embeds log sigma).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import jax.numpy as jnp
 
 from sde_lib.sdes import SDE, batch_broadcast
 
-PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm", "velocity")
+NOISE_LEVEL_INPUT = ("edm", "velocity")  # parameterisations whose network sees log(sigma(t)) / 4
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -60,7 +66,7 @@ def check_parameterization(parameterization: str) -> str:
 
 def noise_conditioning(sde: SDE, t: jax.Array, parameterization: str) -> jax.Array:
     """The network's conditioning ``c_noise`` of shape ``t.shape`` (see the module docstring)."""
-    if check_parameterization(parameterization) == "edm":
+    if check_parameterization(parameterization) in NOISE_LEVEL_INPUT:
         return 0.25 * jnp.log(sde.sigma(t))
     if sde.is_vp_type:
         return (sde.N - 1) * t
@@ -69,21 +75,28 @@ def noise_conditioning(sde: SDE, t: jax.Array, parameterization: str) -> jax.Arr
 
 def t_from_noise_conditioning(sde: SDE, c_noise: jax.Array, parameterization: str) -> jax.Array:
     """Inverse of :func:`noise_conditioning`."""
-    if check_parameterization(parameterization) == "edm":
+    if check_parameterization(parameterization) in NOISE_LEVEL_INPUT:
         return sde.t_from_sigma(jnp.exp(4.0 * c_noise))
     if sde.is_vp_type:
         return c_noise / (sde.N - 1)
     return sde.t_from_sigma(jnp.exp(c_noise))
 
 
-def affine_coefficients(alpha, sigma, parameterization: str, sigma_data: float = 0.5):
+def affine_coefficients(alpha, sigma, parameterization: str, sigma_data: float = 0.5, rates=None):
     """``(c_in, score, eps, x0)`` for marginal coefficients ``alpha``, ``sigma`` (any equal shapes).
 
     Taking the coefficients rather than ``t`` lets the discrete-time losses use DDPM's discrete
-    alpha-bar with the same algebra.
+    alpha-bar with the same algebra. ``"velocity"`` also needs ``rates`` = (alpha', sigma').
     """
     one, zero = jnp.ones_like(sigma), jnp.zeros_like(sigma)
     p = check_parameterization(parameterization)
+    if p == "velocity":
+        if rates is None:
+            raise ValueError("parameterization 'velocity' needs the rates (alpha', sigma') of a continuous-time SDE")
+        d_alpha, d_sigma = rates
+        w = alpha * d_sigma - sigma * d_alpha
+        return (one, (-alpha / (sigma * w), d_alpha / (sigma * w)), (alpha / w, -d_alpha / w),
+                (-sigma / w, d_sigma / w))
     if p == "score":
         return one, (one, zero), (-sigma, zero), (sigma**2 / alpha, 1.0 / alpha)
     if p == "eps":
@@ -106,7 +119,7 @@ def affine_coefficients(alpha, sigma, parameterization: str, sigma_data: float =
 def coefficients(sde: SDE, t: jax.Array, parameterization: str, sigma_data: float = 0.5) -> Coefficients:
     """All coefficients of ``parameterization`` at times ``t`` of shape ``(B,)``."""
     alpha, sigma = sde.marginal_coeffs(t)
-    c_in, score, eps, x0 = affine_coefficients(alpha, sigma, parameterization, sigma_data)
+    c_in, score, eps, x0 = affine_coefficients(alpha, sigma, parameterization, sigma_data, sde.marginal_rates(t))
     return Coefficients(c_in, noise_conditioning(sde, t, parameterization), score, eps, x0)
 
 
@@ -177,16 +190,22 @@ def regression_target(
     """The output ``F*`` whose predictions are exact for ``x_t = alpha_t x0 + sigma_t noise``.
 
     ``x0``, ``noise``: ``(B, *dims)``; ``t``: ``(B,)``. Score -noise / sigma, eps noise, x0 x0,
-    v alpha noise - sigma x0, EDM (s x0 - sd^2 noise) / (sd sqrt(s^2 + sd^2)).
+    v alpha noise - sigma x0, EDM (s x0 - sd^2 noise) / (sd sqrt(s^2 + sd^2)), velocity alpha' x0 + sigma' noise.
     """
-    alpha, sigma = sde.marginal_coeffs(jnp.broadcast_to(t, x0.shape[:1]))
-    return target_from_coefficients(alpha, sigma, x0, noise, parameterization, sigma_data)
+    t = jnp.broadcast_to(t, x0.shape[:1])
+    alpha, sigma = sde.marginal_coeffs(t)
+    return target_from_coefficients(alpha, sigma, x0, noise, parameterization, sigma_data, sde.marginal_rates(t))
 
 
-def target_from_coefficients(alpha, sigma, x0, noise, parameterization: str, sigma_data: float = 0.5):
-    """:func:`regression_target` for given per-example marginal coefficients ``alpha``, ``sigma`` ``(B,)``."""
+def target_from_coefficients(alpha, sigma, x0, noise, parameterization: str, sigma_data: float = 0.5, rates=None):
+    """:func:`regression_target` for given per-example marginal coefficients ``alpha``, ``sigma`` ``(B,)``
+    (and their rates ``(alpha', sigma')`` for ``"velocity"``)."""
     p = check_parameterization(parameterization)
     a, s = batch_broadcast(alpha, x0), batch_broadcast(sigma, x0)
+    if p == "velocity":
+        if rates is None:
+            raise ValueError("parameterization 'velocity' needs the rates (alpha', sigma') of a continuous-time SDE")
+        return batch_broadcast(rates[0], x0) * x0 + batch_broadcast(rates[1], x0) * noise
     if p == "score":
         return -noise / s
     if p == "eps":

@@ -1,6 +1,7 @@
-"""Linear forward SDEs dx = f(t) x dt + g(t) dW on t in [0, T] (Song et al. 2021, arXiv 2011.13456).
+"""Linear forward SDEs dx = f(t) x dt + g(t) dW on t in [0, T] (Song et al. 2021, arXiv 2011.13456), and the
+Gaussian paths of flow matching written as such SDEs.
 
-Every SDE here has a Gaussian perturbation kernel
+Every process here has a Gaussian perturbation kernel
 
     x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I),
 
@@ -8,7 +9,20 @@ so the library can be written once in terms of (alpha_t, sigma_t) and their deri
 
 * the half log-SNR  lambda_t = log(alpha_t / sigma_t)  (exponential integrators, logSNR grids);
 * the EDM noise level  sigma(t) = sigma_t / alpha_t = exp(-lambda_t)  (Karras et al. 2022), in which the
-  scaled variable x / alpha_t follows the variance-exploding ODE dx/dsigma = -sigma * score.
+  scaled variable x / alpha_t follows the variance-exploding ODE dx/dsigma = -sigma * score;
+* the velocity  dx_t/dt = alpha'_t x_0 + sigma'_t z  of the interpolation, whose conditional mean given
+  x_t is the probability-flow drift f x - g^2 score / 2 (flow matching's regression target).
+
+Conversely any differentiable (alpha_t, sigma_t) with decreasing lambda_t is such an SDE (Kingma et al.
+2021, arXiv 2107.00630, app.; Kingma & Gao 2023, arXiv 2303.00848):
+
+    f = d log alpha_t / dt,        g^2 = d sigma_t^2 / dt - 2 f sigma_t^2 = -2 sigma_t^2 d lambda_t / dt.
+
+:class:`GaussianPath` builds the SDE from a path that way: :class:`LinearPath` (rectified flow and
+conditional flow matching, alpha_t = 1 - t, sigma_t = t), :class:`CosinePath` and :class:`EDMPath`
+(sigma(t) = t). Where alpha_t reaches 0 (the linear and cosine paths at t = 1) the path's law is exactly
+N(0, I), but the score there is -x whatever the data: it carries no information, f and g are infinite,
+and no solve can start there, so those paths stop at T = 1 - 1e-3 (where lambda_T is below VP's).
 
 Shapes: ``x`` is ``(B, *dims)``; ``t`` is ``(B,)`` (a scalar broadcasts); per-example coefficients are
 ``(B,)`` and broadcast over ``dims``.
@@ -89,8 +103,21 @@ class SDE(eqx.Module):
 
     @property
     def is_vp_type(self) -> bool:
-        """True where alpha_t < 1 carries the signal (VP, sub-VP): exponential integrators apply."""
+        """True where alpha_t < 1 carries the signal (VP, sub-VP, the linear and cosine paths); False where
+        alpha_t = 1 (VE, the EDM path)."""
         return True
+
+    @property
+    def default_eps(self) -> float:
+        """The samplers' default end time: score_sde's 1e-3 where alpha_t < 1 carries the signal, 1e-5 for VE."""
+        return 1e-3 if self.is_vp_type else 1e-5
+
+    def marginal_rates(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(d alpha_t / dt, d sigma_t / dt), each of shape ``t.shape``: the velocity of x_t = alpha_t x_0 + sigma_t z
+        is alpha'_t x_0 + sigma'_t z. From f and g: alpha' = f alpha, sigma' = (g^2 / 2 + f sigma^2) / sigma."""
+        alpha, sigma = self.marginal_coeffs(t)
+        f, g2 = self.drift_coef(t), self.diffusion_coef(t) ** 2
+        return f * alpha, (0.5 * g2 + f * sigma**2) / sigma
 
     # -------------------------------------------------------------------------- derived quantities
     def half_log_snr(self, t: jax.Array) -> jax.Array:
@@ -326,12 +353,156 @@ class VESDE(SDE):
         return jnp.zeros_like(x), jnp.sqrt(sig**2 - prev**2)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
+def _float(t) -> jax.Array:
+    return jnp.asarray(t, jnp.result_type(float))
+
+
+class GaussianPath(SDE):
+    """The SDE of a Gaussian path x_t = alpha_t x_0 + sigma_t z given by (alpha_t, sigma_t) and their rates.
+
+    Subclasses define ``marginal_coeffs``, ``marginal_rates``, ``t_from_sigma`` and ``prior_std``; the SDE
+    follows (module docstring): f = alpha' / alpha, g^2 = 2 sigma (alpha sigma' - sigma alpha') / alpha and
+    sigma(t) = sigma_t / alpha_t. ``discretize`` is Euler-Maruyama. The prior is N(0, sigma_T^2 I), the
+    noise part of p_T.
+    """
+
+    def drift_coef(self, t):
+        return self.marginal_rates(t)[0] / self.marginal_coeffs(t)[0]
+
+    def diffusion_coef(self, t):
+        alpha, sigma = self.marginal_coeffs(t)
+        d_alpha, d_sigma = self.marginal_rates(t)
+        # alpha sigma' - sigma alpha' > 0 (lambda decreases): a product of positive terms, no cancellation.
+        return jnp.sqrt(2.0 * sigma * (alpha * d_sigma - sigma * d_alpha) / alpha)
+
+    def sigma(self, t):
+        alpha, sigma = self.marginal_coeffs(t)
+        return sigma / alpha
+
+
+def _check_end(name: str, T: float) -> None:
+    if not 0.0 < T < 1.0:
+        raise ValueError(f"T must lie in (0, 1) for the {name} path, got {T}: at t = 1 alpha_t = 0, where the score "
+                         f"is -x whatever the data and f, g are infinite, so no solve can start there")
+
+
+class LinearPath(GaussianPath):
+    """Rectified flow and conditional flow matching (Liu et al. 2023, arXiv 2209.03003; Lipman et al. 2023,
+    arXiv 2210.02747): x_t = (1 - t) x_0 + t z, whose velocity is z - x_0.
+
+    f = -1 / (1 - t), g^2 = 2 t / (1 - t), sigma(t) = t / (1 - t), lambda_t = log((1 - t) / t) = -logit(t).
+    Both ends are singular. At t = 0, sigma_t = 0: samplers stop at eps, as for VP. At t = 1, alpha_t = 0:
+    the law is exactly N(0, I), but f and g are infinite and the score (-x for every data distribution)
+    says nothing about the data, so the process stops at ``T`` < 1 (default 1 - 1e-3: lambda_T = -6.9, below
+    VP's -5.0), where the prior N(0, T^2 I) is the noise part of p_T and misses only the (1 - T) x_0 term.
+    Near T the reverse SDE is stiff (drift ~ x / (1 - t)): its Euler-type samplers need steps small against
+    1 - t there, i.e. a grid dense near T such as ``time_grid="logsnr"``.
+    """
+
+    def __init__(self, T: float = 1.0 - 1e-3, N: int = 1000):
+        _check_end("linear", T)
+        self.T, self.N = float(T), int(N)
+
+    @property
+    def prior_std(self) -> float:
+        return self.T
+
+    def marginal_coeffs(self, t):
+        t = _float(t)
+        return 1.0 - t, t
+
+    def marginal_rates(self, t):
+        one = jnp.ones_like(_float(t))
+        return -one, one
+
+    def t_from_sigma(self, sigma):
+        return sigma / (1.0 + sigma)
+
+    def half_log_snr(self, t):
+        t = _float(t)
+        return jnp.log1p(-t) - jnp.log(t)
+
+    def t_from_half_log_snr(self, lam):
+        return jax.nn.sigmoid(-lam)
+
+
+class CosinePath(GaussianPath):
+    """The cosine path alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2) (variance preserving; flow_matching's
+    ``CosineScheduler``; the angle of Salimans & Ho's v, whose velocity is (pi / 2) v).
+
+    f = -(pi / 2) tan(pi t / 2), g^2 = pi tan(pi t / 2), sigma(t) = tan(pi t / 2). Singular at t = 1 like the
+    linear path: it stops at ``T`` < 1 (default 1 - 1e-3: lambda_T = -6.5) with prior N(0, sin^2(pi T / 2) I).
+    """
+
+    def __init__(self, T: float = 1.0 - 1e-3, N: int = 1000):
+        _check_end("cosine", T)
+        self.T, self.N = float(T), int(N)
+
+    @property
+    def prior_std(self) -> float:
+        return math.sin(0.5 * math.pi * self.T)
+
+    def marginal_coeffs(self, t):
+        angle = 0.5 * jnp.pi * _float(t)
+        return jnp.cos(angle), jnp.sin(angle)
+
+    def marginal_rates(self, t):
+        angle = 0.5 * jnp.pi * _float(t)
+        return -0.5 * jnp.pi * jnp.sin(angle), 0.5 * jnp.pi * jnp.cos(angle)
+
+    def sigma(self, t):
+        return jnp.tan(0.5 * jnp.pi * _float(t))
+
+    def t_from_sigma(self, sigma):
+        return jnp.arctan(sigma) * (2.0 / jnp.pi)
+
+
+class EDMPath(GaussianPath):
+    """EDM's process (Karras et al. 2022, arXiv 2206.00364): x_t = x_0 + t z, so t is the noise level sigma(t) = t.
+
+    f = 0, g^2 = 2 t on t in [0, T = sigma_max]; prior N(0, sigma_max^2 I); samplers stop at eps = sigma_min
+    by default (EDM's 0.002 and 80).
+    """
+
+    sigma_min: float = eqx.field(static=True)
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min, self.T, self.N = float(sigma_min), float(sigma_max), int(N)
+
+    @property
+    def is_vp_type(self) -> bool:
+        return False
+
+    @property
+    def default_eps(self) -> float:
+        return self.sigma_min
+
+    @property
+    def prior_std(self) -> float:
+        return self.T
+
+    def marginal_coeffs(self, t):
+        t = _float(t)
+        return jnp.ones_like(t), t
+
+    def marginal_rates(self, t):
+        t = _float(t)
+        return jnp.zeros_like(t), jnp.ones_like(t)
+
+    def t_from_sigma(self, sigma):
+        return sigma
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "linear": LinearPath, "cosine": CosinePath,
+        "edm": EDMPath}
+CLI_NAMES = ("vp", "subvp", "ve", "linear", "cosine", "edm")  # the --sde choices of the scripts (see sde_class)
 
 
 def sde_class(name: str) -> type[SDE]:
-    """The SDE class of ``name``: score_sde's config names (``vpsde``, ``subvpsde``, ``vesde``) or the short
-    command-line ones (``vp``, ``subvp``, ``ve``)."""
+    """The SDE class of ``name``: score_sde's config names (``vpsde``, ``subvpsde``, ``vesde``), the short
+    command-line ones (``vp``, ``subvp``, ``ve``) or a path's (``linear``, ``cosine``, ``edm``)."""
     key = name if name in SDES else f"{name}sde"
     if key not in SDES:
         raise ValueError(f"unknown SDE {name!r}; choose from {', '.join(SDES)} (or vp, subvp, ve)")
@@ -339,9 +510,12 @@ def sde_class(name: str) -> type[SDE]:
 
 
 def get_sde(config) -> SDE:
-    """The forward SDE of a run config: ``config.training.sde`` with ``config.model``'s beta or sigma range
-    and N = ``model.num_scales`` (score_sde's fields)."""
+    """The forward SDE of a run config: ``config.training.sde`` with ``config.model``'s beta range (VP, sub-VP)
+    or sigma range (VE, EDM path) and N = ``model.num_scales`` (score_sde's fields); the linear and cosine
+    paths take their default T."""
     cls, m = sde_class(config.training.sde), config.model
     if issubclass(cls, VPSDE):  # VP and sub-VP
         return cls(m.beta_min, m.beta_max, N=m.num_scales)
+    if cls in (LinearPath, CosinePath):
+        return cls(N=m.num_scales)
     return cls(m.sigma_min, m.sigma_max, N=m.num_scales)

@@ -79,7 +79,7 @@ def initial_step_size(field, t0, y0, rtol: float, atol: float, norm, order: int,
     rule (Solving ODEs I, sec. II.4); two evaluations of ``field``, which the caller counts.
 
     With the error scale s = atol + rtol |y0| and ``norm`` the solve's error norm:
-        d0 = ||y0 / s||, d1 = ||f0 / s||, h0 = 0.01 d0 / d1 (1e-6 if either is below 1e-5),
+        d0 = ||y0 / s||, d1 = ||f0 / s||, h0 = min(0.01 d0 / d1, max_step) (1e-6 if either is below 1e-5),
         d2 = ||(f(t0 + h0, y0 + h0 f0) - f0) / s|| / h0,
         h = min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)), max_step),
     where ``order`` is the embedded (error-estimating) method's order (4 for Dopri5 and Tsit5). A step
@@ -93,7 +93,9 @@ def initial_step_size(field, t0, y0, rtol: float, atol: float, norm, order: int,
     f0 = field(t0, y0)
     d0, d1 = norm(scaled(y0)), norm(scaled(f0))
     small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
+    # The probe t0 + h0 stays inside the interval: beyond it the field may be undefined (a periodic
+    # schedule's alpha_t, say); scipy's select_initial_step clips alike.
+    h0 = jnp.minimum(jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)), max_step)
     f1 = field(t0 + h0, jax.tree.map(lambda y, f: y + h0 * f, y0, f0))
     d2 = norm(scaled(jax.tree.map(lambda a, b: a - b, f1, f0))) / h0
     dmax = jnp.maximum(d1, d2)

@@ -123,3 +123,14 @@ def test_mixture_json(tmp_path):
     bad.write_text(json.dumps({"means": [[0.0, 0.0]], "stds": [1.0]}))
     with pytest.raises(ValueError, match="weights"):
         ablation.oracle_source(str(bad), "vp")
+
+
+def test_best_sampler_has_the_lowest_geometric_mean_error_over_every_budget():
+    """b wins on the geometric mean (a's smaller error at one budget does not decide); c, missing a budget, and
+    d, non-finite at one, do not compete; adaptive rows (budget None) are ignored."""
+    rows = [{"sampler": s, "budget": b, "err_rms": e} for s, b, e in (
+        ("a", 5, 0.1), ("a", 10, 0.1), ("b", 5, 0.2), ("b", 10, 0.01), ("c", 5, 1e-6),
+        ("d", 5, float("nan")), ("d", 10, 1e-9), ("e", None, 1e-9))]
+    assert ablation.best_sampler(rows) == "b"
+    with pytest.raises(ValueError, match="no fixed-step sampler"):
+        ablation.best_sampler(rows[5:7])

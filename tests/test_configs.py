@@ -10,7 +10,7 @@ import pytest
 import sde_lib
 from sde_lib.config import default_config, describe, validate_config, validate_sampler
 from sde_lib.runs.folder import upgrade
-from sde_lib.sdes import get_sde
+from sde_lib.sdes import CosinePath, EDMPath, LinearPath, get_sde
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
@@ -76,6 +76,11 @@ BAD = [
     ("training.sde", "cld", "config.training.sde must be one of"),
     ("training.batch_size", 0, "config.training.batch_size must be > 0"),
     ("training.weighting", "uniform", "config.training.weighting must be one of"),
+    ("training.time_sampling", "beta", "config.training.time_sampling must be one of"),
+    ("training.time_scale", 0.0, "config.training.time_scale must be > 0"),
+    ("training.weighting", "likelihood_is", "config.training.time_sampling must be 'uniform' with"),
+    ("training.continuous", False, "config.model.parameterization 'velocity' needs continuous time"),
+    ("data.pairs", "pairs.npz", "config.data.pairs takes unconditional data-space runs without flips"),
     ("model.name", "transformer", "config.model.name must be one of"),
     ("model.parameterization", "flow", "config.model.parameterization must be one of"),
     ("model.ch_mult", (), "config.model.ch_mult must be a non-empty tuple"),
@@ -103,10 +108,19 @@ BAD = [
 ]
 
 
+# The base each field's value is checked against: the combinations need a partner field set.
+PARTNERS = {"training.weighting='likelihood_is'": {"training.time_sampling": "logit_normal"},
+            "training.continuous=False": {"model.parameterization": "velocity"},
+            "data.pairs='pairs.npz'": {"data.random_flip": True}}
+
+
 @pytest.mark.parametrize("field, value, message", BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
 def test_bad_values_name_the_field(field, value, message):
+    config = default_config()
+    for partner, partner_value in PARTNERS.get(f"{field}={value!r}", {}).items():
+        config = _set(config, partner, partner_value)
     with pytest.raises(ValueError) as err:
-        validate_config(_set(default_config(), field, value))
+        validate_config(_set(config, field, value))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
@@ -135,6 +149,9 @@ def test_validate_sampler_with_explicit_list():
     ("vpsde", sde_lib.VPSDE, {"beta_min": 0.2, "beta_max": 10.0}),
     ("subvpsde", sde_lib.SubVPSDE, {"beta_min": 0.2, "beta_max": 10.0}),
     ("vesde", sde_lib.VESDE, {"sigma_min": 0.02, "sigma_max": 30.0}),
+    ("linear", LinearPath, {}),
+    ("cosine", CosinePath, {}),
+    ("edm", EDMPath, {"sigma_min": 0.002, "sigma_max": 80.0}),
 ])  # fmt: skip
 def test_get_sde(name, cls, params):
     config = default_config()
@@ -144,7 +161,7 @@ def test_get_sde(name, cls, params):
     sde = get_sde(config)
     assert type(sde) is cls and sde.N == 500
     for k, v in params.items():
-        assert getattr(sde, k) == v
+        assert getattr(sde, k if k != "sigma_max" or cls is not EDMPath else "T") == v
 
 
 @pytest.mark.parametrize("recorded, kind", [

@@ -241,7 +241,7 @@ def test_network_inputs_and_edm_preconditioning(name, sdes):
 def test_unknown_names_raise():
     sde = sde_lib.VPSDE()
     with pytest.raises(ValueError, match="parameterization"):
-        pz.score_fn_from_model(sde, lambda x, c: x, "velocity")
+        pz.score_fn_from_model(sde, lambda x, c: x, "flow")
     with pytest.raises(ValueError, match="weighting"):
         losses.get_loss_fn(sde, weighting="snr")
     with pytest.raises(ValueError, match="parameterization"):

@@ -30,7 +30,8 @@ import numpy as np
 
 from sde_lib.data import counter_rng, scaling
 from sde_lib.data.files import ImageFiles
-from sde_lib.data.sources import load_split, parse
+from sde_lib.data.pairs import read_pairs
+from sde_lib.data.sources import data_dims, load_split, parse
 
 _STEPS_AHEAD = 10**12  # the length of grain's (lazily mapped) sequence of steps: never reached
 
@@ -78,12 +79,19 @@ class Dataset:
       cond: per-example condition arrays served with the images, e.g. ``{"label": (N,)}`` or
         ``{"tokens": (N, L)}`` (``sde_lib.conditioning``): batches become ``{"x": ..., **cond}``.
       workers: processes reading image files (0: threads of this process); in-memory data ignore it.
+
+    With ``data_cfg.pairs`` (reflow) the training split is the pairs file's ``x`` (model space, used as is)
+    and each batch also holds its rows' ``"noise"``.
     """
 
     def __init__(self, data_cfg, split: str, batch_size: int, seed: int, *, process_index=None, process_count=None,
                  cond: dict | None = None, workers: int = 0):
         self.spec = parse(data_cfg)
-        self.x, self.split = load_split(self.spec, split), split
+        self.split, self.pair_noise = split, None
+        if split == "train" and self.spec.pairs:
+            self.x, self.pair_noise = read_pairs(self.spec.pairs, tuple(data_dims(data_cfg)))
+        else:
+            self.x = load_split(self.spec, split)
         self.set_conditions(cond)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.process_index = jax.process_index() if process_index is None else int(process_index)
@@ -104,8 +112,11 @@ class Dataset:
         return isinstance(self.x, ImageFiles)
 
     def set_conditions(self, cond: dict | None) -> None:
-        """Serve ``cond`` (per-example arrays, row for row with the examples) with the images from now on."""
+        """Serve ``cond`` (per-example arrays, row for row with the examples) with the images from now on (and
+        the pairs' noise, which stays)."""
         cond = {k: v if isinstance(v, Choices) else np.asarray(v) for k, v in (cond or {}).items()}
+        if self.pair_noise is not None:
+            cond["noise"] = self.pair_noise
         for k, v in cond.items():
             if len(v) != len(self.x):
                 raise ValueError(f"{self.spec.dataset} {self.split}: {len(self.x)} examples but {len(v)} rows of {k!r}")

@@ -42,6 +42,7 @@ class DataSpec:
     captions: str = ""
     layouts: str = ""
     embeddings: str = ""
+    pairs: str | None = None
 
 
 def parse(data_cfg) -> DataSpec:
@@ -82,6 +83,7 @@ def parse(data_cfg) -> DataSpec:
         bool(get("centered", False)), bool(get("random_flip", False)),
         bool(get("uniform_dequantization", False)), int(get("seed", 0)),
         resize, get("captions", ""), get("layouts", ""), get("embeddings", ""),
+        get("pairs") or None,
     )  # fmt: skip
 
 

@@ -52,10 +52,10 @@ from sde_lib.metrics.distances import random_directions, sliced_wasserstein_proj
 from sde_lib.metrics.reference import LABELLED, image_spec, real_sets
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.runs import load_run
-from sde_lib.sdes import SDE, sde_class
+from sde_lib.sdes import CLI_NAMES, SDE, sde_class
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-SDE_CHOICES = ("vp", "subvp", "ve")
+SDE_CHOICES = CLI_NAMES
 COLUMNS = ("sampler", "family", "budget", "steps", "tol", "nfe", "err_median", "err_rms", "sw2", "logp_mean",
            "fd", "fd_err", "kid", "kid_err", "precision", "recall", "sec_per_sample")
 IMAGE_METRICS = ("fd", "kid", "precision", "recall")
@@ -329,6 +329,20 @@ def _image_metrics(source: Source, n: int, seed: int, meta: dict, cache_dir: str
                 "precision": r["precision"], "recall": r["recall"]}
 
     return compute
+
+
+def best_sampler(rows: Sequence[dict], key: str = "err_rms") -> str:
+    """The fixed-step sampler of an ablation's ``rows`` with the lowest geometric mean of ``key`` over the
+    budgets; only samplers with a finite value at every budget of the grid compete."""
+    budgets = {r["budget"] for r in rows if r["budget"] is not None}
+    scores = {}
+    for name in dict.fromkeys(r["sampler"] for r in rows if r["budget"] is not None):
+        vals = [r[key] for r in rows if r["sampler"] == name and r["budget"] is not None]
+        if len(vals) == len(budgets) and all(v is not None and math.isfinite(v) and v > 0 for v in vals):
+            scores[name] = sum(math.log(v) for v in vals) / len(vals)
+    if not scores:
+        raise ValueError(f"no fixed-step sampler has a finite {key} at every budget {sorted(budgets)}")
+    return min(scores, key=scores.get)
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -71,7 +71,7 @@ def plot_panels(path: str, panels: Sequence[Panel], title: str | None = None, le
     fig, axes = plt.subplots(1, len(panels), figsize=(max(3.4 * len(panels), 6), 3.6 if len(panels) > 3 else 5.0),
                              squeeze=False)
     labels = list(dict.fromkeys(s[0] for p in panels for s in p.series))
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")  # tab20 pairs similar shades: few series differ more
     for ax, p in zip(axes[0], panels):
         for label, xs, ys, errs, style in p.series:
             keep = [i for i, y in enumerate(ys) if y is not None and math.isfinite(y) and (y > 0 or not p.log)]
@@ -79,7 +79,8 @@ def plot_panels(path: str, panels: Sequence[Panel], title: str | None = None, le
                 continue
             x, y = [xs[i] for i in keep], [ys[i] for i in keep]
             e = None if errs is None else [errs[i] or 0.0 for i in keep]
-            ax.errorbar(x, y, yerr=e, fmt=style, marker="o", ms=3, color=cmap(labels.index(label) % 20), label=label)
+            ax.errorbar(x, y, yerr=e, fmt=style, marker="o", ms=3, color=cmap(labels.index(label) % cmap.N),
+                        label=label)
         if p.band is not None and all(math.isfinite(v) for v in p.band):
             lo, hi = p.band
             ax.axhspan(max(lo, 1e-12) if p.log else lo, hi, color="grey", alpha=0.3, label=p.band_label)

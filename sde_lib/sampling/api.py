@@ -48,8 +48,8 @@ ScoreFn = Callable[..., jax.Array]
 
 
 def default_eps(sde: SDE) -> float:
-    """score_sde's end times: 1e-3 for VP-type SDEs, 1e-5 for VE."""
-    return 1e-3 if sde.is_vp_type else 1e-5
+    """The SDE's default end time (``SDE.default_eps``): score_sde's 1e-3 for VP-type SDEs, 1e-5 for VE."""
+    return sde.default_eps
 
 
 def bind_score(score_fn: ScoreFn, cond=None) -> Callable[[jax.Array, jax.Array], jax.Array]:
