@@ -381,6 +381,7 @@ class GaussianPath(SDE):
 
 
 def _check_end(name: str, T: float) -> None:
+    T = real(T, "T")
     if not 0.0 < T < 1.0:
         raise ValueError(f"T must lie in (0, 1) for the {name} path, got {T}: at t = 1 alpha_t = 0, where the score "
                          f"is -x whatever the data and f, g are infinite, so no solve can start there")
@@ -401,7 +402,7 @@ class LinearPath(GaussianPath):
 
     def __init__(self, T: float = 1.0 - 1e-3, N: int = 1000):
         _check_end("linear", T)
-        self.T, self.N = float(T), int(N)
+        self.T, self.N = float(T), integer(N, "N", minimum=1)
 
     @property
     def prior_std(self) -> float:
@@ -436,7 +437,7 @@ class CosinePath(GaussianPath):
 
     def __init__(self, T: float = 1.0 - 1e-3, N: int = 1000):
         _check_end("cosine", T)
-        self.T, self.N = float(T), int(N)
+        self.T, self.N = float(T), integer(N, "N", minimum=1)
 
     @property
     def prior_std(self) -> float:
@@ -467,9 +468,10 @@ class EDMPath(GaussianPath):
     sigma_min: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
+        sigma_min, sigma_max, N = real(sigma_min, "sigma_min"), real(sigma_max, "sigma_max"), integer(N, "N", minimum=1)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        self.sigma_min, self.T, self.N = float(sigma_min), float(sigma_max), int(N)
+        self.sigma_min, self.T, self.N = sigma_min, sigma_max, N
 
     @property
     def is_vp_type(self) -> bool:

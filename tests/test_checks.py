@@ -46,6 +46,7 @@ INTEGERS = {
     "oracle conditional label": (lambda v: GMM.conditional(v), "label"),
     "VPSDE N": (lambda v: sde_lib.VPSDE(N=v), "N"),
     "VESDE N": (lambda v: sde_lib.VESDE(N=v), "N"),
+    "LinearPath N": (lambda v: sde_lib.LinearPath(N=v), "N"),
 }
 REALS = {
     "sample eps": (lambda v: sampling.sample(SDE, SCORE, KEY, (2, 2), "euler_maruyama", steps=2, eps=v), "eps"),
@@ -63,6 +64,8 @@ REALS = {
                     "eta"),
     "VPSDE beta_max": (lambda v: sde_lib.VPSDE(beta_max=v), "beta_max"),
     "VESDE sigma_max": (lambda v: sde_lib.VESDE(sigma_max=v), "sigma_max"),
+    "LinearPath T": (lambda v: sde_lib.LinearPath(T=v), "T"),
+    "EDMPath sigma_max": (lambda v: sde_lib.EDMPath(sigma_max=v), "sigma_max"),
 }
 
 
