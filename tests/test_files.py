@@ -18,7 +18,7 @@ import sde_lib
 from sde_lib import data
 from sde_lib.data import Dataset, files
 from sde_lib.runs import trainer
-from tests.helpers import toy_config
+from tests.helpers import compilation_cache, scripts, toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("bar", "cross")
@@ -97,6 +97,13 @@ def folder_config(path, kind: str = "none", **overrides):
     return c
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the module and the scripts it starts (tests.helpers)."""
+    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("files") / "data"
@@ -104,9 +111,12 @@ def folder(tmp_path_factory):
     return str(root)
 
 
+SAMPLE_FLAGS = ("--num=2", "--steps=3", "--sampler=ddim")
+
+
 def sample_script(workdir, out, *flags):
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts/sample.py"), f"--workdir={workdir}",
-                           "--num=2", "--steps=3", "--sampler=ddim", f"--out={out}", *flags],
+                           *SAMPLE_FLAGS, f"--out={out}", *flags],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
@@ -168,12 +178,12 @@ def test_class_folders_train_and_sample_by_name(folder, tmp_path):
     trainer.train(folder_config(folder, "label"), workdir, progress=False)
     r = sde_lib.load_run(workdir, warn=False)
     assert r.encoder == CLASSES
-    x, _ = r.sample(jax.random.PRNGKey(0), 2, "ddim", 3, label="cross")
-    assert x.shape == (2, 8, 8, 1)
-    out = sample_script(workdir, str(tmp_path / "s"), "--label=bar,cross")
+    x, _ = r.sample(jax.random.PRNGKey(0), 4, "ddim", 3, label="cross")  # the script's shapes: one compile
+    assert x.shape == (4, 8, 8, 1)
+    out, bad = scripts(*[("sample.py", *SAMPLE_FLAGS, f"--workdir={workdir}", f"--out={tmp_path / o}", label)
+                         for o, label in (("s", "--label=bar,cross"), ("t", "--label=circle"))])
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(np.load(str(tmp_path / "s.npz"))["conditions"]) == ["class 0 (bar)", "class 1 (cross)"]
-    bad = sample_script(workdir, str(tmp_path / "t"), "--label=circle")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --label must be classes")
 
 

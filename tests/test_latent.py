@@ -20,6 +20,7 @@ from sde_lib.conditioning import tokenizers as text
 from sde_lib.runs import folder as run_folder
 from sde_lib.runs import trainer
 from sde_lib.data import canvas, scale
+from tests.helpers import compilation_cache, scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,16 +30,17 @@ def test_a_masked_padding_token_changes_nothing_and_the_block_starts_as_identity
     ids = jnp.array([[1, 5, 6, 0, 0, 0]])
     st = SpatialTransformer(8, 16, heads=2, head_dim=4, depth=1, norm=GroupNorm(8), rngs=nnx.Rngs(1))
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 8))
-    context, mask = enc(ids)
-    np.testing.assert_array_equal(st(x, (context, mask)), x)  # zero-initialised projection out
+    call = nnx.jit(lambda module, *args: module(*args))  # one program per shape, not one per eager operation
+    context, mask = call(enc, ids)
+    np.testing.assert_array_equal(call(st, x, (context, mask)), x)  # zero-initialised projection out
     # Train the projection away from zero, then compare: a padded position's value never matters.
     st.proj_out.kernel[...] = jax.random.normal(jax.random.PRNGKey(2), st.proj_out.kernel.shape)
     other = context.at[0, 4].set(100.0)  # garbage at a masked (padding) position
-    np.testing.assert_allclose(st(x, (context, mask)), st(x, (other, mask)), rtol=1e-6, atol=1e-6)
-    assert not np.allclose(st(x, (context, mask)), st(x, (other, jnp.ones_like(mask))))
+    np.testing.assert_allclose(call(st, x, (context, mask)), call(st, x, (other, mask)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(call(st, x, (context, mask)), call(st, x, (other, jnp.ones_like(mask))))
     # The encoder ignores padding too: the caption's context does not depend on how much padding follows.
     for shorter in ([[1, 5, 6, 0]], [[1, 5, 6]]):
-        c2, _ = enc(jnp.array(shorter))
+        c2, _ = call(enc, jnp.array(shorter))
         np.testing.assert_allclose(c2[:, :3], context[:, :3], rtol=1e-5, atol=1e-6)
 
 
@@ -105,6 +107,13 @@ def _short(path, **kw):
         g, f = k.split(".")
         c[g][f] = v
     return c
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the module and the scripts it starts (tests.helpers)."""
+    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -179,15 +188,15 @@ def test_layout_runs_train_and_sample_by_boxes(runs, tmp_path):
 @pytest.mark.slow
 def test_bad_first_stages_fail_in_one_line(runs, tmp_path):
     ae, _, _ = runs
-    cli = [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--config=configs/canvas/latent_caption.py"]
-    r = subprocess.run(cli + [f"--workdir={tmp_path}/x", f"--config.first_stage.workdir={tmp_path}/missing"],
-                       capture_output=True, text=True, cwd=ROOT)
+    cli = ["train.py", "--config=configs/canvas/latent_caption.py"]
+    missing, other = scripts(  # one process starts both command lines
+        cli + [f"--workdir={tmp_path}/x", f"--config.first_stage.workdir={tmp_path}/missing"],
+        # An autoencoder of other images: 16 x 16 canvases, not 8 x 8 digits.
+        cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}", "--config.condition.kind=none",
+               "--config.data.dataset=digits", "--config.data.image_size=8"])
+    r = missing
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: config.first_stage.workdir=")
     assert "no such autoencoder run folder" in r.stderr and not os.path.exists(f"{tmp_path}/x")
-    # An autoencoder of other images: 16 x 16 canvases, not 8 x 8 digits.
-    r = subprocess.run(cli + [f"--workdir={tmp_path}/y", f"--config.first_stage.workdir={ae}",
-                              "--config.condition.kind=none",
-                              "--config.data.dataset=digits", "--config.data.image_size=8"],
-                       capture_output=True, text=True, cwd=ROOT)
-    last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode != 0 and "is an autoencoder of (16, 16, 1) images" in last and "Traceback" not in r.stderr
+    last = other.stderr.strip().splitlines()[-1]
+    assert other.returncode != 0 and "is an autoencoder of (16, 16, 1) images" in last
+    assert "Traceback" not in other.stderr

@@ -2,7 +2,8 @@
 
 One tiny toy run (2-D mixture, a 2-layer MLP, 40 updates, snapshots at 20 and 40) is trained once per
 module; every probe copies it, runs a user's command line against the copy, and compares the folder's
-files (contents) and folders before and after.
+files (contents) and folders before and after. Command lines that need no signal run together from one
+process (``tests.helpers.scripts``); the module shares a persistent compilation cache.
 """
 
 import hashlib
@@ -26,7 +27,7 @@ from sde_lib.errors import CheckpointMismatch, NonFiniteLossError, RunConflict
 from sde_lib.runs import RunFolder, trainer
 from sde_lib.runs import folder as run_folder
 from sde_lib.oracle import builtin_mixture
-from tests.helpers import toy_config
+from tests.helpers import compilation_cache, scripts, toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "configs/toy/vp.py")
@@ -65,6 +66,12 @@ def one_line_error(r, *words):
     return lines[-1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy") / "run")
@@ -81,41 +88,61 @@ def run(trained, tmp_path):
 
 
 # ------------------------------------------------------------------------------ validate, then write
-@pytest.mark.parametrize("flags, words", [
+FAILING_TRAINS = [
     (["--config.data.num_channels=3"], ["config.data.num_channels must be 2"]),
     (["--config.model.hidden=64"], ["model.hidden (16 -> 64)", "--fork_from", "--force"]),
     (["--config.training.sde=vesde"], ["training.sde ('vpsde' -> 'vesde')"]),
     (["--config.training.foo=1"], ["config.training.foo is not a known field"]),
     (["--config.training.n_iter=80"], ["did you mean training.n_iters"]),
     (["--config.data.dataset=npz", "--config.data.path=/nonexistent/x.npz"], ["/nonexistent/x.npz"]),
-])  # fmt: skip
-def test_a_failing_train_command_leaves_the_run_as_it_was(run, flags, words):
-    workdir, before = run
-    r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, *flags)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def failed_trains(trained, tmp_path_factory):
+    """Each FAILING_TRAINS command line run against its own copy of the trained run: {flags: (result,
+    workdir, snapshot before)}; one process starts them all."""
+    root, copies = tmp_path_factory.mktemp("failing"), []
+    for i, _ in enumerate(FAILING_TRAINS):
+        workdir = str(root / f"run{i}")
+        shutil.copytree(trained, workdir)
+        copies.append((workdir, snapshot(workdir)))
+    results = scripts(*[("train.py", f"--config={TOY}", f"--workdir={w}", *FLAGS, *flags)
+                        for (w, _), (flags, _) in zip(copies, FAILING_TRAINS)])
+    return {tuple(flags): (r, *c) for (flags, _), r, c in zip(FAILING_TRAINS, results, copies)}
+
+
+@pytest.mark.parametrize("flags, words", FAILING_TRAINS)
+def test_a_failing_train_command_leaves_the_run_as_it_was(failed_trains, flags, words):
+    r, workdir, before = failed_trains[tuple(flags)]
     one_line_error(r, *words)
     assert snapshot(workdir) == before
 
 
 def test_a_failing_first_command_creates_no_folder(tmp_path):
-    workdir = str(tmp_path / "new_run")
-    for flags, words in ((["--config.data.dataset=fashion_mnist", "--config.data.path=/nonexistent",
-                           "--config.data.image_size=28", "--config.data.num_channels=1"],
-                          ["Fashion-MNIST file not found", "apt-get install dataset-fashion-mnist"]),
-                         (["--config.data.dataset=folder", f"--config.data.path={tmp_path}",
-                           "--config.data.num_channels=1", "--config.data.image_size=8"], ["no image files"])):
-        r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, *flags)
+    cases = ((["--config.data.dataset=fashion_mnist", "--config.data.path=/nonexistent",
+               "--config.data.image_size=28", "--config.data.num_channels=1"],
+              ["Fashion-MNIST file not found", "apt-get install dataset-fashion-mnist"]),
+             (["--config.data.dataset=folder", f"--config.data.path={tmp_path}",
+               "--config.data.num_channels=1", "--config.data.image_size=8"], ["no image files"]))
+    workdirs = [str(tmp_path / f"new_run{i}") for i in range(3)]  # one each: which command wrote is clear
+    results = scripts(*[("train.py", f"--config={TOY}", f"--workdir={w}", *FLAGS, *flags)
+                        for w, (flags, _) in zip(workdirs, cases)],
+                      ("train.py", "--config=configs/toy/missing.py", f"--workdir={workdirs[2]}"))
+    for r, (_, words) in zip(results, cases):
         one_line_error(r, *words)
-        assert not os.path.exists(workdir)
-    r = script("train.py", "--config=configs/toy/missing.py", f"--workdir={workdir}")
-    one_line_error(r, "config file 'configs/toy/missing.py' not found")
-    assert not os.path.exists(workdir)
+    one_line_error(results[2], "config file 'configs/toy/missing.py' not found")
+    assert not any(os.path.exists(w) for w in workdirs)
 
 
 def test_cpu_devices_train_data_parallel_to_the_same_losses(trained, tmp_path):
     """``train.py --cpu_devices=2`` runs the module's toy run on two host devices: the history records the
     mesh, and the logged losses equal the one-device run's up to the batch mean's summation order."""
     workdir = str(tmp_path / "two_devices")
-    r = script("train.py", f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--cpu_devices=2")
+    bad = [("--cpu_devices=0", ["--cpu_devices=0: must be at least 1"]),
+           ("--cpu_devices=3", ["batch_size=64 must be a multiple of the 3 devices"])]
+    r, *failed = scripts(*[("train.py", f"--config={TOY}", f"--workdir={w}", *FLAGS, flag)
+                           for w, flag in ((workdir, "--cpu_devices=2"), *((f"{tmp_path}/bad", f) for f, _ in bad))])
     assert r.returncode == 0, r.stderr[-2000:]
     event = json.loads(open(os.path.join(workdir, run_folder.HISTORY)).readline())
     assert (event["backend"], event["devices"]) == ("cpu", 2)
@@ -124,10 +151,9 @@ def test_cpu_devices_train_data_parallel_to_the_same_losses(trained, tmp_path):
     for a, b in zip(ours, ref):  # another key or batch would give other losses, far beyond 1e-4
         for key in a.keys() & {"loss", "eval_loss"}:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
-    for flag, words in (("--cpu_devices=0", ["--cpu_devices=0: must be at least 1"]),
-                        ("--cpu_devices=3", ["batch_size=64 must be a multiple of the 3 devices"])):
-        one_line_error(script("train.py", f"--config={TOY}", f"--workdir={tmp_path}/bad", *FLAGS, flag), *words)
-        assert not os.path.exists(f"{tmp_path}/bad")
+    for r, (_, words) in zip(failed, bad):
+        one_line_error(r, *words)
+    assert not os.path.exists(f"{tmp_path}/bad")
 
 
 def test_resumable_changes_are_recorded_and_forced_ones_need_force(run):
@@ -229,32 +255,36 @@ def test_ctrl_c_keeps_the_work_and_a_second_one_aborts(tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------- read-only commands
 @pytest.mark.slow
-def test_read_only_commands_never_touch_the_run(run, tmp_path):
+def test_read_only_commands_never_touch_the_run(run, trained, tmp_path):
     workdir, before = run
-    r = script("sample.py", f"--workdir={workdir}", "--num=8", "--steps=5", f"--out={tmp_path}/s")
-    assert r.returncode == 0, r.stderr[-2000:]
+    # The recorded config changed under a second copy (another architecture): loading fails in one line
+    # and sets nothing aside.
+    other = str(tmp_path / "other")
+    shutil.copytree(trained, other)
+    config = json.load(open(os.path.join(other, run_folder.CONFIG)))
+    config["model"]["hidden"] = 32
+    with open(os.path.join(other, run_folder.CONFIG), "w") as f:
+        json.dump(config, f)
+    changed = snapshot(other)
+    sampled, exists, steps0, num0, ll, misfit = scripts(  # in this order: the second finds the first's files
+        ("sample.py", f"--workdir={workdir}", "--num=8", "--steps=5", f"--out={tmp_path}/s"),
+        ("sample.py", f"--workdir={workdir}", "--num=8", f"--out={tmp_path}/s"),
+        *(("sample.py", f"--workdir={workdir}", bad, f"--out={tmp_path}/z") for bad in ("--steps=0", "--num=0")),
+        ("evaluate.py", "--likelihood", f"--workdir={workdir}", "--n=64", f"--out={tmp_path}/ll"),
+        ("sample.py", f"--workdir={other}", f"--out={tmp_path}/t"))
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
     assert os.path.getsize(f"{tmp_path}/s.png") > 0 and np.load(f"{tmp_path}/s.npz")["samples"].shape == (8, 2)
-    one_line_error(script("sample.py", f"--workdir={workdir}", "--num=8", f"--out={tmp_path}/s"),
-                   "s.png exists", "--overwrite")
-    for bad in ("--steps=0", "--num=0"):
-        one_line_error(script("sample.py", f"--workdir={workdir}", bad, f"--out={tmp_path}/z"), "must be >= 1")
-    r = script("evaluate.py", "--likelihood", f"--workdir={workdir}", "--n=64", f"--out={tmp_path}/ll")
-    assert r.returncode == 0, r.stderr[-2000:]
+    one_line_error(exists, "s.png exists", "--overwrite")
+    for r in (steps0, num0):
+        one_line_error(r, "must be >= 1")
+    assert ll.returncode == 0, ll.stderr[-2000:]
     report = json.load(open(f"{tmp_path}/ll/report.json"))["rows"][0]
     # Continuous data: nats/dim of the (40-update) model beside the data's exact density (the 8-mode ring),
     # which no model beats by more than sampling noise.
     assert np.isfinite(report["nats_per_dim"]) and report["nats_per_dim"] > report["exact_nats_per_dim"] - 0.1
     assert snapshot(workdir) == before
-
-    # The recorded config changed under the run (another architecture): loading fails in one line and
-    # sets nothing aside.
-    config = json.load(open(os.path.join(workdir, run_folder.CONFIG)))
-    config["model"]["hidden"] = 32
-    with open(os.path.join(workdir, run_folder.CONFIG), "w") as f:
-        json.dump(config, f)
-    changed = snapshot(workdir)
-    one_line_error(script("sample.py", f"--workdir={workdir}", f"--out={tmp_path}/t"), "does not fit the model")
-    assert snapshot(workdir) == changed
+    one_line_error(misfit, "does not fit the model")
+    assert snapshot(other) == changed and not os.path.exists(f"{tmp_path}/t.png")
 
 
 def test_loading_a_run_without_checkpoints_creates_nothing(tmp_path):
@@ -288,8 +318,8 @@ def test_a_damaged_checkpoint_is_skipped_in_one_warning_line_and_left_in_place(r
 @pytest.mark.slow
 def test_a_second_training_exits_at_once_and_a_stale_lock_is_taken_over(tmp_path):
     workdir = str(tmp_path / "run")
-    long = [f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--config.training.n_iters=4000",
-            "--config.training.snapshot_freq=4000", "--config.training.snapshot_freq_for_preemption=4000"]
+    long = [f"--config={TOY}", f"--workdir={workdir}", *FLAGS, "--config.training.n_iters=40000",
+            "--config.training.snapshot_freq=40000", "--config.training.snapshot_freq_for_preemption=40000"]
     first = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/train.py"), *long], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": ROOT})
@@ -307,12 +337,14 @@ def test_a_second_training_exits_at_once_and_a_stale_lock_is_taken_over(tmp_path
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, run_folder.METRICS))]
     assert steps == sorted(steps) and not os.path.exists(os.path.join(workdir, run_folder.LOCK))
 
-    # A lock left behind by a process that no longer runs is taken over, with a warning.
+    # A lock left behind by a process that no longer runs is taken over, with a warning (and 10 updates).
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with open(os.path.join(workdir, run_folder.LOCK), "w") as f:
         json.dump({"pid": int(dead.stdout), "host": os.uname().nodename, "since": "earlier"}, f)
+    step = sde_lib.runs.checkpoint_steps(workdir)[-1]  # the SIGTERM checkpoint
     with pytest.warns(UserWarning, match="taking over the stale lock"):
-        trainer.train(toy_config(OVERRIDES, **{"training.n_iters": 4000}), workdir, progress=False)
+        state = trainer.train(toy_config(OVERRIDES, **{"training.n_iters": step + 10}), workdir, progress=False)
+    assert int(state.step) == step + 10
 
 
 # ------------------------------------------------------------------------------------------- EMA
@@ -321,7 +353,7 @@ def test_short_runs_sample_sensibly_with_the_ema_warm_up(tmp_path):
     """300 updates at ema_rate 0.999: without warm-up the EMA is still 74% the initial network (its
     samples are far off the data); with the warm-up (default) they are within a factor of the spread."""
     cfg = dict(OVERRIDES, **{"training.n_iters": 300, "training.snapshot_freq": 300,
-                             "training.snapshot_freq_for_preemption": 300, "training.n_jitted_steps": 10,
+                             "training.snapshot_freq_for_preemption": 300,
                              "optim.ema_rate": 0.999})
     data_std = float(np.std(np.asarray(builtin_mixture("ring2d").sample(jax.random.PRNGKey(0), 4000))))
     spread = {}
