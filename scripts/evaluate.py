@@ -15,7 +15,8 @@ nats/dim of continuous data (the toy configs, whose exact density is printed bes
     .venv/bin/python scripts/evaluate.py --likelihood --workdir runs/quickstart --trace exact
 
 ``--method elbo`` reports the variational bound instead of the PF-ODE value (``sde_lib.bounds``): DDPM's
-chain bound for a DDPM run (``--decoder discretized``, Ho et al.'s, or ``gaussian``), the continuous-time
+chain bound for a DDPM run (``--decoder discretized``, Ho et al.'s, or ``gaussian``; ``--variance small``
+or ``large``), the continuous-time
 bound otherwise, with ``--n_dequant`` Monte-Carlo draws per example (at least 2) and its Monte-Carlo error:
 
     .venv/bin/python scripts/evaluate.py --likelihood --workdir runs/quickstart --method elbo --n_dequant 8
@@ -94,7 +95,8 @@ def build(a):
 def summarise(bpd, info, wall, a, source, n):
     draws = np.asarray(info["bpd_draws"])
     return {
-        "model": f"oracle:{a.mixture}", "method": a.method, "sde": a.sde, "data": source, "examples": n, "levels": a.levels,
+        "model": f"oracle:{a.mixture}", "method": a.method, "sde": a.sde, "data": source, "examples": n,
+        "levels": a.levels,
         "scale": parse_scale(a.scale), "offset_bits": L.bpd_offset(a.levels, parse_scale(a.scale)),
         "n_dequant": a.n_dequant, "trace": a.trace, "probe": a.probe, "n_probes": a.n_probes,
         "solver": a.solver, "rtol": a.rtol, "atol": a.atol, "eps": a.eps,
@@ -120,7 +122,7 @@ def likelihood_of_workdir(a):
     report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     run = load_run(a.workdir)
     fields = run.bpd(split=a.split, num=a.n, n_dequant=a.n_dequant, trace=a.trace, seed=a.seed, method=a.method,
-                     decoder=a.decoder)
+                     decoder=a.decoder, variance=a.variance)
     fields["model"] = f"workdir:{a.workdir}"
     d = run.config.data
     if "nats_per_dim" in fields:
@@ -226,6 +228,8 @@ def parser():
     q.add_argument("--method", default="ode", choices=["ode", "elbo"], help="the PF-ODE's bits/dim, or the "
                    "variational bound (DDPM's chain bound for a DDPM run)")
     q.add_argument("--decoder", default="discretized", choices=list(bounds.DECODERS), help="DDPM bound's decoder")
+    q.add_argument("--variance", default="small", choices=list(bounds.VARIANCES), help="DDPM bound's reverse "
+                   "variances: the posterior's (small, as the ancestral sampler) or beta (large)")
     q.add_argument("--trace", default="hutchinson", choices=list(L.TRACES))
     q.add_argument("--probe", default="rademacher", choices=list(L.PROBES))
     q.add_argument("--n_probes", type=int, default=1)

@@ -291,7 +291,8 @@ def _ddpm_rows(x0, k, key, offset, sde, eps_fn, cond, levels, lo, hi, decoder, v
 
 
 def ddpm_bits_per_dim(sde: VPSDE, eps_fn, k, key: jax.Array, *, levels: int, scale=(0.0, 1.0),
-                      decoder: str = "discretized", variance: str = "small", n_draws: int = 1, cond=None, batch_size: int | None = None,
+                      decoder: str = "discretized", variance: str = "small", n_draws: int = 1, cond=None,
+                      batch_size: int | None = None,
                       progress: bool = False):
     """DDPM's bound L_T + sum L_t + L_0 on -log2 P(k) / D for discrete data ``k`` (integers 0..L-1,
     ``(B, *dims)``) under ``sde``'s N-step chain (module docstring).

@@ -61,6 +61,7 @@ def held_out_mixture(seed, dim=6, k=3):
                            jax.random.uniform(kw, (k,), minval=0.5, maxval=1.5))
 
 
+KEY = jax.random.PRNGKey(0)
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE(sigma_max=20.0)}
 
 
@@ -148,3 +149,26 @@ def test_ddpm_discretized_bound_is_above_the_exact_nll(chain_data):
     # for data spread over each bin (bounds.ddpm_bits_per_dim); here Delta = 6/256.
     gap, se = chain_bound(chain_data, 50, decoder="discretized", variance="small")
     assert gap > 4 * se, (gap, se)
+
+
+def test_bad_arguments_raise_one_line_naming_them():
+    sde, gmm = sde_lib.VPSDE(N=100), held_out_mixture(101)
+    x, k = jnp.zeros((2, 6)), np.zeros((2, 6), np.int32)
+    cases = [
+        (lambda v: bounds.elbo(sde, gmm.score_fn(sde), x, KEY, n_draws=v), [0, 1.5, True], "n_draws"),
+        (lambda v: bounds.elbo(sde, gmm.score_fn(sde), x, KEY, eps=v), [0.0, 2.0, float("nan")], "eps"),
+        (lambda v: bounds.elbo_bits_per_dim(sde, gmm.score_fn(sde), k, KEY, levels=v), [1, 2.5], "levels"),
+        (lambda v: bounds.ddpm_bits_per_dim(sde, ChainEps(gmm, sde), k, KEY, levels=4, decoder=v), ["exact"],
+         "decoder"),
+        (lambda v: bounds.ddpm_bits_per_dim(sde, ChainEps(gmm, sde), k, KEY, levels=4, variance=v), ["learned"],
+         "variance"),
+        (lambda v: bounds.ddpm_bits_per_dim(v, ChainEps(gmm, sde), k, KEY, levels=4),
+         [sde_lib.SubVPSDE(), sde_lib.VPSDE(N=10)], "VPSDE"),
+    ]
+    for call, values, name in cases:
+        for v in values:
+            with pytest.raises((TypeError, ValueError)) as err:
+                call(v)
+            message = str(err.value)
+            assert (name in message or (name == "VPSDE" and "N=" in message)) and "\n" not in message, message
+

@@ -233,12 +233,13 @@ class Run:
 
     def bpd(self, split: str | None = None, *, num: int | None = None, n_dequant: int | None = None,
             trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None, conditional: bool = False,
-            method: str = "ode", decoder: str = "discretized") -> dict:
+            method: str = "ode", decoder: str = "discretized", variance: str = "small") -> dict:
         """Bits/dim (discrete data) or nats/dim (continuous data) on ``split``: of the PF-ODE model (``method=
         "ode"``, exact up to dequantisation) or a variational bound of the reverse-time model (``"elbo"``).
 
         ``"elbo"`` is DDPM's own chain bound for a DDPM run (``training.continuous=False`` with a VP SDE;
-        ``decoder`` "discretized", Ho et al.'s, or "gaussian", :func:`sde_lib.bounds.ddpm_bits_per_dim`) and
+        ``decoder`` "discretized", Ho et al.'s, or "gaussian"; reverse ``variance`` "small", the posterior's as
+        the ancestral sampler draws, or "large", beta; :func:`sde_lib.bounds.ddpm_bits_per_dim`) and
         the continuous-time bound otherwise (:func:`sde_lib.bounds.elbo_bits_per_dim`, from
         ``training.eps``); ``n_dequant`` is then the number of Monte-Carlo draws per example (dequantisation,
         time and noise; default ``config.eval.bpd_num_repeats``, at least 2 for the continuous bound so that
@@ -278,7 +279,7 @@ class Run:
         key = jax.random.PRNGKey(seed)
         if method == "elbo":
             return {"step": self.step, "split": split, "num": len(data), "method": method,
-                    **self._bound(data, key, n_dequant, batch_size, cond, decoder),
+                    **self._bound(data, key, n_dequant, batch_size, cond, decoder, variance),
                     "seconds": time.perf_counter() - start}
         if d.levels is None:  # continuous data: the density itself, in nats per dimension
             logp, info = self.log_likelihood(np.asarray(data, np.float32), key, trace=trace, batch_size=batch_size,
@@ -295,7 +296,8 @@ class Run:
                                  batch_size=batch_size, eps=self.config.training.eps, cond=cond)
         bpd = to_host(bpd)
         return {"step": self.step, "split": split, "num": len(data), "method": method, "bpd": float(np.mean(bpd)),
-                "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "bpd_median": float(np.median(bpd)), "nfe": float(np.mean(to_host(info["nfe"]))),
+                "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "bpd_median": float(np.median(bpd)),
+                "nfe": float(np.mean(to_host(info["nfe"]))),
                 "trace": trace, "seconds": time.perf_counter() - start}
 
     @property
@@ -304,7 +306,7 @@ class Run:
         return not self.config.training.continuous and isinstance(self.sde, VPSDE) and not isinstance(self.sde,
                                                                                                        SubVPSDE)
 
-    def _bound(self, data, key, n_draws: int, batch_size: int, cond, decoder: str) -> dict:
+    def _bound(self, data, key, n_draws: int, batch_size: int, cond, decoder: str, variance: str) -> dict:
         """:meth:`bpd`'s ``"elbo"`` fields of ``data`` (the run's split, levels or continuous values)."""
         d = self.config.data
         scale = (-1.0, 1.0) if d.centered else (0.0, 1.0)
@@ -312,12 +314,12 @@ class Run:
             if d.levels is None:
                 raise ValueError(f"{self.workdir}: DDPM's bound needs discrete data (config.data.levels)")
             bpd, info = bounds.ddpm_bits_per_dim(self.sde, self.score_fn.eps, data, key, levels=d.levels,
-                                                 scale=scale, decoder=decoder, n_draws=n_draws, cond=cond,
-                                                 batch_size=batch_size)
+                                                 scale=scale, decoder=decoder, variance=variance, n_draws=n_draws,
+                                                 cond=cond, batch_size=batch_size)
             draws = to_host(info["bpd_draws"])
             terms = {"prior_bpd": info["prior_bpd"], "decoder_bpd": info["decoder_bpd"],
                      "steps_bpd": np.sum(to_host(info["terms_bpd"])[:, 1:], axis=1)}
-            extra = {"decoder": decoder, "nfe": float(self.sde.N * n_draws)}
+            extra = {"decoder": decoder, "variance": variance, "nfe": float(self.sde.N * n_draws)}
         else:
             if n_draws < 2:
                 raise ValueError("the continuous bound needs n_dequant >= 2 draws to estimate its Monte-Carlo error")
@@ -339,7 +341,8 @@ class Run:
             extra = {"constant_bpd": float(info["constant_bpd"]), "nfe": float(n_draws)}
         per = np.mean(draws, axis=0)
         return {"bpd": float(np.mean(per)), "bpd_stderr": float(np.std(per) / math.sqrt(len(per))),
-                "bpd_median": float(np.median(per)), "mc_stderr": _mc_stderr(draws), **{k: float(np.mean(to_host(v))) for k, v in terms.items()}, **extra}
+                "bpd_median": float(np.median(per)), "mc_stderr": _mc_stderr(draws),
+                **{k: float(np.mean(to_host(v))) for k, v in terms.items()}, **extra}
 
 
 def _mc_stderr(draws: np.ndarray) -> float:
