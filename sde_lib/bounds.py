@@ -36,8 +36,8 @@ is as much a model of the data as the ODE's p_eps. Discrete data are dequantised
 DDPM (Ho et al. 2020, arXiv 2006.11239; improved-diffusion's ``calc_bpd_loop``): the chain of N steps with
 betas beta_n, abar_n = prod_{m<=n} (1 - beta_m) (``sde.discrete_betas``, steps n = 1..N here indexed
 i = n - 1), the reverse steps p(x_{n-1} | x_n) = N(mu(x_n, x0_hat), betatilde_n I) of the posterior
-variance (what the ancestral sampler draws), and on x_1 the discretised Gaussian decoder
-P(k | x_1) = prod_d int_{bin(k_d)} N(y; x0_hat_d, betatilde_2) dy, the outer bins extended to +-infinity:
+variance (what the ancestral sampler draws; or beta_n, :func:`ddpm_bits_per_dim`), and on x_1 the discretised
+Gaussian decoder P(k | x_1) = prod_d int_{bin(k_d)} N(y; x0_hat_d, betatilde_2) dy, the outer bins open:
 
     -log P(k) <= L_T + sum_{n=2}^N L_{n-1} + L_0,   L_T = KL(q(x_N | x_0) || N(0, I)),  L_0 = -log P(k | x_1),
     L_{n-1} = KL(q(x_{n-1} | x_n, x_0) || p(x_{n-1} | x_n)) = beta_n / (2 (1 - beta_n)(1 - abar_{n-1})) |eps_hat - z|^2
@@ -306,8 +306,18 @@ def ddpm_bits_per_dim(sde: VPSDE, eps_fn, k, key: jax.Array, *, levels: int, sca
       variance ~ beta_1 at the centre, the model's x_1 spreads over the bin.
     * ``"gaussian"``: the chain starts at a uniformly dequantised point x_0 (a fresh one per draw) and
       L_0 = -log N(x_0; x0_hat, (1 - abar_1) / abar_1); the bits/dim then carry log2(L / (hi - lo)), as the
-      ODE's (:func:`sde_lib.likelihood.bits_per_dim`). With the exact noise prediction it tends to the data's
-      -log2 P(k) / D (up to the dequantisation's Jensen gap) as the chain gets finer.
+      ODE's (:func:`sde_lib.likelihood.bits_per_dim`). With the exact noise prediction and ``variance="large"``
+      it tends to the data's -log2 P(k) / D (up to the dequantisation's Jensen gap) as the chain gets finer.
+
+    ``variance``: the reverse steps' fixed variance (improved-diffusion's fixedsmall / fixedlarge), ``"small"``
+    betatilde_n (the ancestral sampler's) or ``"large"`` beta_n, with
+    L_{n-1} = D/2 (r - 1 - log r) + r beta_n / (2 (1 - beta_n)(1 - abar_{n-1})) |eps_hat - z|^2 with
+    r = betatilde_n / sigma_n^2.
+    For data flat at the chain's first noise levels (dequantised levels, any smooth density) the true reverse
+    variance there is beta_n, not betatilde_n: their ratio SNR_{n-1} / SNR_n is ~ 1 + 1/n near the start whatever
+    N, so "small" keeps a gap of 1/2 sum_n (1/n - log(1 + 1/n)) -> gamma / 2 = 0.29 nats/dim (Euler's gamma) as
+    N grows (0.44 at N = 1000, where beta still grows along the first steps; 0.41 measured on the oracle),
+    while "large" tends to the exact NLL with the exact noise prediction (tests/test_bounds.py).
 
     Each of ``n_draws`` draws passes once over the N steps per chunk of ``batch_size`` rows (N network calls
     of the chunk); the noise of draw j, step i, row r depends on (key, j, i, r) only.
