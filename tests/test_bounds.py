@@ -106,6 +106,7 @@ def test_continuous_bound_exceeds_the_nll_with_a_perturbed_score(continuous):
     assert gap > 4 * se, (name, gap, se)
 
 
+@jax.jit
 def exact_discrete_log_prob(gmm, k, levels, lo, hi):
     """log P(k) = log sum_c w_c prod_d int_bin N(y; mu_cd, s_c^2) dy, the outer bins open: ``(n,)``."""
     width = (hi - lo) / levels
@@ -121,7 +122,7 @@ def chain_data():
     gmm = sde_lib.oracle.builtin_mixture("grid2d")
     levels, scale = 256, (-3.0, 3.0)
     k = quantize(np.asarray(gmm.sample(jax.random.PRNGKey(11), 1024)), levels, *scale)
-    exact = -exact_discrete_log_prob(gmm, jnp.asarray(k, jnp.float32), levels, *scale) / (2 * math.log(2))
+    exact = -exact_discrete_log_prob(gmm, jnp.asarray(k, jnp.float32), levels, *scale) / (2 * math.log(2.0))
     return gmm, k, levels, scale, np.asarray(exact)
 
 
