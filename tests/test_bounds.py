@@ -173,3 +173,16 @@ def test_bad_arguments_raise_one_line_naming_them():
             message = str(err.value)
             assert (name in message or (name == "VPSDE" and "N=" in message)) and "\n" not in message, message
 
+
+
+def test_a_networks_noise_prediction_is_finite_where_the_score_form_is_not():
+    """ModelScore.eps: the eps network's own output, also at DDPM's first step t = 0 (sigma_t = 0), where
+    -sigma_t * score is 0 * inf; elsewhere it is -sigma_t * score."""
+    sde = sde_lib.VPSDE()
+    net = sde_lib.parameterization.score_fn_from_model(sde, lambda x, c: jnp.tanh(x + c[:, None]), "eps")
+    x, t = jax.random.normal(KEY, (4, 3)), jnp.array([0.0, 1e-3, 0.5, 1.0])
+    eps = net.eps(x, t)
+    np.testing.assert_allclose(eps, jnp.tanh(x + 999 * t[:, None]), rtol=1e-6)
+    sigma = sde.marginal_coeffs(t)[1][:, None]
+    np.testing.assert_allclose(eps[1:], -(sigma * net(x, t))[1:], rtol=1e-5)
+    assert not np.isfinite(np.asarray(-sigma * net(x, t))[0]).all()
