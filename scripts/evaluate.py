@@ -1,4 +1,4 @@
-"""Evaluate a score model: ``--likelihood`` (bits/dim through the PF-ODE) or ``--metrics``.
+"""Evaluate a score model: ``--likelihood`` (bits/dim through the PF-ODE, or a variational bound) or ``--metrics``.
 
 ``--metrics``: sample-quality metrics (Fréchet distance, KID,
 precision / recall in a cached classifier's feature space, sliced Wasserstein, memorisation; each with
@@ -13,6 +13,13 @@ a plot against training step (``sde_lib.evaluation.checkpoints``); default ``--o
 nats/dim of continuous data (the toy configs, whose exact density is printed beside it):
 
     .venv/bin/python scripts/evaluate.py --likelihood --workdir runs/quickstart --trace exact
+
+``--method elbo`` reports the variational bound instead of the PF-ODE value (``sde_lib.bounds``): DDPM's
+chain bound for a DDPM run (``--decoder discretized``, Ho et al.'s, or ``gaussian``; ``--variance small``
+or ``large``), the continuous-time
+bound otherwise, with ``--n_dequant`` Monte-Carlo draws per example (at least 2) and its Monte-Carlo error:
+
+    .venv/bin/python scripts/evaluate.py --likelihood --workdir runs/quickstart --method elbo --n_dequant 8
 
 or of a built-in Gaussian mixture's exact score under ``--sde`` (without ``--workdir``):
 
@@ -36,7 +43,7 @@ import numpy as np
 
 from sde_lib import cli
 from sde_lib.evaluation import report
-from sde_lib import likelihood as L
+from sde_lib import bounds, likelihood as L
 from sde_lib.data.scaling import quantize
 from sde_lib.oracle import builtin_mixture
 from sde_lib.sdes import CLI_NAMES, sde_class
@@ -88,7 +95,8 @@ def build(a):
 def summarise(bpd, info, wall, a, source, n):
     draws = np.asarray(info["bpd_draws"])
     return {
-        "model": f"oracle:{a.mixture}", "sde": a.sde, "data": source, "examples": n, "levels": a.levels,
+        "model": f"oracle:{a.mixture}", "method": a.method, "sde": a.sde, "data": source, "examples": n,
+        "levels": a.levels,
         "scale": parse_scale(a.scale), "offset_bits": L.bpd_offset(a.levels, parse_scale(a.scale)),
         "n_dequant": a.n_dequant, "trace": a.trace, "probe": a.probe, "n_probes": a.n_probes,
         "solver": a.solver, "rtol": a.rtol, "atol": a.atol, "eps": a.eps,
@@ -113,7 +121,8 @@ def likelihood_of_workdir(a):
         raise ValueError(f"workdir {a.workdir!r} not found")
     report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     run = load_run(a.workdir)
-    fields = run.bpd(split=a.split, num=a.n, n_dequant=a.n_dequant, trace=a.trace, seed=a.seed)
+    fields = run.bpd(split=a.split, num=a.n, n_dequant=a.n_dequant, trace=a.trace, seed=a.seed, method=a.method,
+                     decoder=a.decoder, variance=a.variance)
     fields["model"] = f"workdir:{a.workdir}"
     d = run.config.data
     if "nats_per_dim" in fields:
@@ -126,6 +135,8 @@ def likelihood_of_workdir(a):
             text += f" (the data's exact density: {fields['exact_nats_per_dim']:.4f})"
     else:
         text = f"{fields['bpd']:.4f} +- {fields['bpd_stderr']:.4f} bits/dim on {fields['num']} {fields['split']} examples"
+    if a.method == "elbo":
+        text = f"bound: {text} (Monte-Carlo error {fields['mc_stderr']:.4f})"
     write_report(fields, a.out, a.overwrite)
     print(f"{text} (step {fields['step']}, mean NFE {fields['nfe']:.0f}); report in {a.out}")
 
@@ -140,6 +151,17 @@ def likelihood(a):
     report.check_outputs([os.path.join(a.out, f"report.{e}") for e in ("csv", "md", "json")], a.overwrite)
     sde, score_fn, data, source = build(a)
     t0 = time.perf_counter()
+    if a.method == "elbo":
+        if a.n_dequant < 2:
+            raise ValueError(f"--method elbo needs --n_dequant >= 2 (its Monte-Carlo error), got {a.n_dequant}")
+        bpd, info = bounds.elbo_bits_per_dim(sde, score_fn, data, jax.random.PRNGKey(a.seed + 1), levels=a.levels,
+                                             scale=parse_scale(a.scale), n_draws=a.n_dequant, eps=a.eps,
+                                             batch_size=a.batch_size, progress=True)
+        fields = summarise(np.asarray(bpd), {**info, "nfe": np.full(bpd.shape, a.n_dequant)},
+                           time.perf_counter() - t0, a, source, data.shape[0])
+        write_report(fields, a.out, a.overwrite)
+        print(f"bound: {fields['bits_per_dim']:.4f} +- {fields['bits_per_dim_sem']:.4f} bits/dim; report in {a.out}")
+        return
     bpd, info = L.bits_per_dim(sde, score_fn, data, jax.random.PRNGKey(a.seed + 1), levels=a.levels,
                                scale=parse_scale(a.scale), n_dequant=a.n_dequant, batch_size=a.batch_size,
                                progress=True, trace=a.trace, probe=a.probe, n_probes=a.n_probes,
@@ -203,6 +225,11 @@ def parser():
     q.add_argument("--scale", default="0,1", help="'lo,hi': the range the levels tile in model space")
     q.add_argument("--n_dequant", type=int, default=None, help="dequantisation draws (default: 4; a run's "
                    "config.eval.bpd_num_repeats)")
+    q.add_argument("--method", default="ode", choices=["ode", "elbo"], help="the PF-ODE's bits/dim, or the "
+                   "variational bound (DDPM's chain bound for a DDPM run)")
+    q.add_argument("--decoder", default="discretized", choices=list(bounds.DECODERS), help="DDPM bound's decoder")
+    q.add_argument("--variance", default="small", choices=list(bounds.VARIANCES), help="DDPM bound's reverse "
+                   "variances: the posterior's (small, as the ancestral sampler) or beta (large)")
     q.add_argument("--trace", default="hutchinson", choices=list(L.TRACES))
     q.add_argument("--probe", default="rademacher", choices=list(L.PROBES))
     q.add_argument("--n_probes", type=int, default=1)

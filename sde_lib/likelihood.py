@@ -359,7 +359,8 @@ def _chunked_solves(sde, score_fn, x, cond, key, batch_size, options):
 
 
 # --------------------------------------------------------------------------------- discrete data
-def _check_discrete(levels, scale):
+def check_discrete(levels, scale):
+    """Validated ``(levels, lo, hi)`` of discrete data with ``levels`` bins tiling ``scale = (lo, hi)``."""
     levels = integer(levels, "levels", minimum=2)
     if not isinstance(scale, (tuple, list)) or len(scale) != 2:
         raise ValueError(f"scale must be (lo, hi), got {scale!r}")
@@ -371,7 +372,7 @@ def _check_discrete(levels, scale):
 
 def bpd_offset(levels: int, scale=(0.0, 1.0)) -> float:
     """log2(L / (hi - lo)): the bits/dim to add to -log2 p(x) / D (see :func:`bits_per_dim`)."""
-    levels, lo, hi = _check_discrete(levels, scale)
+    levels, lo, hi = check_discrete(levels, scale)
     return math.log2(levels / (hi - lo))
 
 
@@ -380,7 +381,8 @@ def bpd_from_logp(logp: jax.Array, dim: int, levels: int, scale=(0.0, 1.0)) -> j
     return -logp / (dim * math.log(2.0)) + bpd_offset(levels, scale)
 
 
-def _validate_levels(k, levels):
+def validate_levels(k, levels):
+    """Raise one ValueError unless ``k`` ``(B, *dims)`` holds integer levels in 0..levels-1."""
     arr = np.asarray(k)
     if arr.ndim < 2:
         raise ValueError(f"data must have shape (B, *dims), got {arr.shape}")
@@ -414,11 +416,11 @@ def bits_per_dim(sde: SDE, score_fn, k, key: jax.Array, *, levels: int, scale=(0
       bpd ``(B,)`` averaged over draws, and info with ``bpd_draws`` ``(n_dequant, B)`` and ``nfe``
       ``(n_dequant, B)``.
     """
-    levels, lo, hi = _check_discrete(levels, scale)
+    levels, lo, hi = check_discrete(levels, scale)
     n_dequant = integer(n_dequant, "n_dequant", minimum=1)
     if batch_size is not None:
         batch_size = integer(batch_size, "batch_size", minimum=1)
-    _validate_levels(k, levels)
+    validate_levels(k, levels)
     k = jnp.asarray(k)
     n, dim = k.shape[0], math.prod(k.shape[1:])
     # Validate and normalise the solver options once, through the public entry point's checks.

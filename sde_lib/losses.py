@@ -91,7 +91,12 @@ def sample_times(sde: SDE, key: jax.Array, shape: tuple[int, ...], weighting: st
     """Training times of ``shape``: U(eps, T); uniform in lambda_t for ``"likelihood_is"``; for ``"logit_normal"``
     -lambda_t = log sigma(t) ~ N(loc, scale^2) truncated to [eps, T] (module docstring), drawn by inverting
     the truncated normal's CDF."""
-    u = jax.random.uniform(key, shape)
+    return times_from_uniform(sde, jax.random.uniform(key, shape), weighting, eps, time_sampling, loc, scale)
+
+
+def times_from_uniform(sde: SDE, u: jax.Array, weighting: str, eps: float = 1e-5, time_sampling: str = "uniform",
+                       loc: float = 0.0, scale: float = 1.0) -> jax.Array:
+    """The times of :func:`sample_times` from given uniforms ``u`` in [0, 1) (e.g. stratified ones), same shape."""
     if time_sampling == "logit_normal":
         lo = (-sde.half_log_snr(jnp.asarray(eps)) - loc) / scale
         hi = (-sde.half_log_snr(jnp.asarray(sde.T)) - loc) / scale

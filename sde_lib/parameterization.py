@@ -150,12 +150,21 @@ class ModelScore(eqx.Module):
     def __check_init__(self):
         check_parameterization(self.parameterization)
 
-    def __call__(self, x: jax.Array, t: jax.Array, cond=None) -> jax.Array:
+    def _output(self, x, t, cond):
         t = jnp.broadcast_to(t, x.shape[:1])
         c = coefficients(self.sde, t, self.parameterization, self.sigma_data)
         x_in = batch_broadcast(c.c_in, x) * x
-        out = self.model(x_in, c.c_noise) if cond is None else self.model(x_in, c.c_noise, cond)
+        return c, (self.model(x_in, c.c_noise) if cond is None else self.model(x_in, c.c_noise, cond))
+
+    def __call__(self, x: jax.Array, t: jax.Array, cond=None) -> jax.Array:
+        c, out = self._output(x, t, cond)
         return _apply(c.score, out, x)
+
+    def eps(self, x: jax.Array, t: jax.Array, cond=None) -> jax.Array:
+        """The noise prediction of the same evaluation, ``(B, *dims)``: finite at sigma_t = 0 for an eps network
+        (DDPM's first step at t = 0), where -sigma_t * score is 0 * inf."""
+        c, out = self._output(x, t, cond)
+        return _apply(c.eps, out, x)
 
 
 def score_fn_from_model(

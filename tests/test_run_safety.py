@@ -282,6 +282,13 @@ def test_read_only_commands_never_touch_the_run(run, trained, tmp_path):
     # Continuous data: nats/dim of the (40-update) model beside the data's exact density (the 8-mode ring),
     # which no model beats by more than sampling noise.
     assert np.isfinite(report["nats_per_dim"]) and report["nats_per_dim"] > report["exact_nats_per_dim"] - 0.1
+    # The variational bound of the same model: above the data's entropy too, with its Monte-Carlo error.
+    r = script("evaluate.py", "--likelihood", f"--workdir={workdir}", "--n=64", "--method=elbo", "--n_dequant=4",
+               f"--out={tmp_path}/elbo")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.load(open(f"{tmp_path}/elbo/report.json"))["rows"][0]
+    assert report["method"] == "elbo" and report["mc_stderr"] > 0
+    assert report["nats_per_dim"] > report["exact_nats_per_dim"] - 0.1
     assert snapshot(workdir) == before
     one_line_error(misfit, "does not fit the model")
     assert snapshot(other) == changed and not os.path.exists(f"{tmp_path}/t.png")

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from sde_lib import conditioning, sampling, training
+from sde_lib import bounds, conditioning, sampling, training
 from sde_lib.checks import integer, real
 from sde_lib.data import load_split
 from sde_lib.data.pipeline import first_choice
@@ -33,10 +33,11 @@ from sde_lib.parameterization import noise_conditioning
 from sde_lib.runs.assemble import Assembly, assemble
 from sde_lib.runs.checkpoints import restore
 from sde_lib.runs.folder import RunFolder
-from sde_lib.sdes import SDE
+from sde_lib.sdes import SDE, SubVPSDE, VPSDE
 from sde_lib.training import to_host
 
 PARAMS = ("ema", "raw")
+BPD_METHODS = ("ode", "elbo")
 
 
 @dataclasses.dataclass
@@ -231,18 +232,34 @@ class Run:
         return log_likelihood(self.sde, self.score_fn, x, key, **options)
 
     def bpd(self, split: str | None = None, *, num: int | None = None, n_dequant: int | None = None,
-            trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None, conditional: bool = False) -> dict:
-        """Bits/dim (discrete data) or nats/dim (continuous data) of the PF-ODE model on ``split``.
+            trace: str = "hutchinson", seed: int = 0, batch_size: int | None = None, conditional: bool = False,
+            method: str = "ode", decoder: str = "discretized", variance: str = "small") -> dict:
+        """Bits/dim (discrete data) or nats/dim (continuous data) on ``split``: of the PF-ODE model (``method=
+        "ode"``, exact up to dequantisation) or a variational bound of the reverse-time model (``"elbo"``).
+
+        ``"elbo"`` is DDPM's own chain bound for a DDPM run (``training.continuous=False`` with a VP SDE;
+        ``decoder`` "discretized", Ho et al.'s, or "gaussian"; reverse ``variance`` "small", the posterior's as
+        the ancestral sampler draws, or "large", beta; :func:`sde_lib.bounds.ddpm_bits_per_dim`) and
+        the continuous-time bound otherwise (:func:`sde_lib.bounds.elbo_bits_per_dim`, from
+        ``training.eps``); ``n_dequant`` is then the number of Monte-Carlo draws per example (dequantisation,
+        time and noise; default ``config.eval.bpd_num_repeats``, at least 2 for the continuous bound so that
+        its Monte-Carlo error can be estimated).
 
         ``conditional``: of a conditional run, log p(x | c) with each example's own condition (otherwise
         the unconditional branch, log p(x)).
 
         Uses the first ``num`` examples (default ``config.eval.num_samples``) of ``split`` (default
         ``config.eval.split``) and, for discrete data, ``n_dequant`` uniform dequantisation draws (default
-        ``config.eval.bpd_num_repeats``). Returns ``{"split", "num", "bpd" | "nats_per_dim", "*_stderr",
-        "nfe", "trace", "seconds", "step"}``; for continuous data also ``"nll"`` in nats per example.
+        ``config.eval.bpd_num_repeats``). Returns ``{"split", "num", "method", "bpd" | "nats_per_dim",
+        "*_stderr", "bpd_median", "nfe", "trace", "seconds", "step"}`` (``bpd_stderr``: over examples; the median
+        over examples shows a heavy tail); for continuous data
+        also ``"nll"`` in nats per example. ``"elbo"`` adds ``"mc_stderr"`` (the Monte-Carlo standard error of
+        the mean bound over these examples) and the mean terms in bits/dim: ``"prior_bpd"``, ``"decoder_bpd"``
+        and ``"steps_bpd"`` (DDPM), ``"prior_bpd"``, ``"diffusion_bpd"`` and ``"constant_bpd"`` (continuous).
         """
         self._require("score")
+        if method not in BPD_METHODS:
+            raise ValueError(f"method must be one of {BPD_METHODS}, got {method!r}")
         if self.first_stage is not None:
             raise ValueError(f"{self.workdir} is a latent run: its decoder has no density, so it has no bits/dim")
         d, e = self.config.data, self.config.eval
@@ -260,11 +277,16 @@ class Run:
             cond = {k: jax.numpy.asarray(v[: len(data)]) for k, v in arrays.items()}
         start = time.perf_counter()
         key = jax.random.PRNGKey(seed)
+        if method == "elbo":
+            return {"step": self.step, "split": split, "num": len(data), "method": method,
+                    **self._bound(data, key, n_dequant, batch_size, cond, decoder, variance),
+                    "seconds": time.perf_counter() - start}
         if d.levels is None:  # continuous data: the density itself, in nats per dimension
             logp, info = self.log_likelihood(np.asarray(data, np.float32), key, trace=trace, batch_size=batch_size,
                                              cond=cond)
             per_dim = -to_host(logp) / math.prod(data.shape[1:])
-            return {"step": self.step, "split": split, "num": len(data), "nats_per_dim": float(np.mean(per_dim)),
+            return {"step": self.step, "split": split, "num": len(data), "method": method,
+                    "nats_per_dim": float(np.mean(per_dim)),
                     "nats_per_dim_stderr": float(np.std(per_dim) / math.sqrt(len(per_dim))),
                     "nll": float(-np.mean(to_host(logp))), "nfe": float(np.mean(to_host(info["nfe"]))),
                     "trace": trace, "seconds": time.perf_counter() - start}
@@ -273,9 +295,63 @@ class Run:
                                  n_dequant=n_dequant, trace=trace,
                                  batch_size=batch_size, eps=self.config.training.eps, cond=cond)
         bpd = to_host(bpd)
-        return {"step": self.step, "split": split, "num": len(data), "bpd": float(np.mean(bpd)),
-                "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "nfe": float(np.mean(to_host(info["nfe"]))),
+        return {"step": self.step, "split": split, "num": len(data), "method": method, "bpd": float(np.mean(bpd)),
+                "bpd_stderr": float(np.std(bpd) / math.sqrt(len(bpd))), "bpd_median": float(np.median(bpd)),
+                "nfe": float(np.mean(to_host(info["nfe"]))),
                 "trace": trace, "seconds": time.perf_counter() - start}
+
+    @property
+    def is_ddpm(self) -> bool:
+        """A DDPM run: trained on the discrete chain of a VP SDE (``training.continuous=False``)."""
+        return not self.config.training.continuous and isinstance(self.sde, VPSDE) and not isinstance(self.sde,
+                                                                                                       SubVPSDE)
+
+    def _bound(self, data, key, n_draws: int, batch_size: int, cond, decoder: str, variance: str) -> dict:
+        """:meth:`bpd`'s ``"elbo"`` fields of ``data`` (the run's split, levels or continuous values)."""
+        d = self.config.data
+        scale = (-1.0, 1.0) if d.centered else (0.0, 1.0)
+        if self.is_ddpm:
+            if d.levels is None:
+                raise ValueError(f"{self.workdir}: DDPM's bound needs discrete data (config.data.levels)")
+            bpd, info = bounds.ddpm_bits_per_dim(self.sde, self.score_fn.eps, data, key, levels=d.levels,
+                                                 scale=scale, decoder=decoder, variance=variance, n_draws=n_draws,
+                                                 cond=cond, batch_size=batch_size)
+            draws = to_host(info["bpd_draws"])
+            terms = {"prior_bpd": info["prior_bpd"], "decoder_bpd": info["decoder_bpd"],
+                     "steps_bpd": np.sum(to_host(info["terms_bpd"])[:, 1:], axis=1)}
+            extra = {"decoder": decoder, "variance": variance, "nfe": float(self.sde.N * n_draws)}
+        else:
+            if n_draws < 2:
+                raise ValueError("the continuous bound needs n_dequant >= 2 draws to estimate its Monte-Carlo error")
+            eps = self.config.training.eps
+            if d.levels is None:
+                x = jax.numpy.asarray(np.asarray(data, np.float32))
+                nll, info = bounds.elbo(self.sde, self.score_fn, x, key, n_draws=n_draws, eps=eps, cond=cond,
+                                        batch_size=batch_size)
+                dim = math.prod(data.shape[1:])
+                draws = to_host(info["draws"]) / dim
+                per = np.mean(draws, axis=0)
+                return {"nats_per_dim": float(np.mean(per)),
+                        "nats_per_dim_stderr": float(np.std(per) / math.sqrt(len(per))),
+                        "mc_stderr": _mc_stderr(draws), "nll": float(np.mean(to_host(nll))), "nfe": float(n_draws)}
+            bpd, info = bounds.elbo_bits_per_dim(self.sde, self.score_fn, data, key, levels=d.levels, scale=scale,
+                                                 n_draws=n_draws, eps=eps, cond=cond, batch_size=batch_size)
+            draws = to_host(info["bpd_draws"])
+            terms = {"prior_bpd": info["prior_bpd"], "diffusion_bpd": info["diffusion_bpd"]}
+            extra = {"constant_bpd": float(info["constant_bpd"]), "nfe": float(n_draws)}
+        per = np.mean(draws, axis=0)
+        return {"bpd": float(np.mean(per)), "bpd_stderr": float(np.std(per) / math.sqrt(len(per))),
+                "bpd_median": float(np.median(per)), "mc_stderr": _mc_stderr(draws),
+                **{k: float(np.mean(to_host(v))) for k, v in terms.items()}, **extra}
+
+
+def _mc_stderr(draws: np.ndarray) -> float:
+    """Monte-Carlo standard error of the mean over examples of ``draws`` ``(n_draws, B)`` averaged over draws:
+    sqrt(sum_i var_i / n_draws) / B from each example's spread over its draws (NaN for one draw). For the
+    continuous bound's stratified times the spread between strata is counted too: an upper estimate."""
+    if draws.shape[0] < 2:
+        return float("nan")
+    return float(np.sqrt(np.sum(np.var(draws, axis=0, ddof=1) / draws.shape[0])) / draws.shape[1])
 
 
 class NoisyClassifier(eqx.Module):
