@@ -105,7 +105,7 @@ def test_bad_arguments_raise_one_clear_error():
         sampling.sample(sde, score, KEY, (2, 2), "ddim", time_grid="cosine")
     with pytest.raises(ValueError, match="option 'eta'"):
         sampling.sample(sde, score, KEY, (2, 2), "ddim", eta=2.0)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         sampling.sample(sde, score, KEY, (2, 2), "ddim", steps=0)
 
 
