@@ -298,6 +298,14 @@ class SubVPSDE(VPSDE):
         return SDE.discretize(self, x, t)
 
 
+def _noise_range(sigma_min, sigma_max, N) -> tuple[float, float, int]:
+    """Checked (sigma_min, sigma_max, N) of a process given by its noise levels (VE, the EDM path)."""
+    sigma_min, sigma_max, N = real(sigma_min, "sigma_min"), real(sigma_max, "sigma_max"), integer(N, "N", minimum=1)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return sigma_min, sigma_max, N
+
+
 class VESDE(SDE):
     """Variance exploding: sigma_t = sigma_min (sigma_max / sigma_min)^t, dx = sqrt(d sigma_t^2 / dt) dW.
 
@@ -309,9 +317,7 @@ class VESDE(SDE):
     sigma_max: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
-        sigma_min, sigma_max, N = real(sigma_min, "sigma_min"), real(sigma_max, "sigma_max"), integer(N, "N", minimum=1)
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        sigma_min, sigma_max, N = _noise_range(sigma_min, sigma_max, N)
         self.sigma_min, self.sigma_max, self.N = sigma_min, sigma_max, N
 
     @property
@@ -468,9 +474,7 @@ class EDMPath(GaussianPath):
     sigma_min: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
-        sigma_min, sigma_max, N = real(sigma_min, "sigma_min"), real(sigma_max, "sigma_max"), integer(N, "N", minimum=1)
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        sigma_min, sigma_max, N = _noise_range(sigma_min, sigma_max, N)
         self.sigma_min, self.T, self.N = sigma_min, sigma_max, N
 
     @property
