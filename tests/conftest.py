@@ -9,6 +9,7 @@ import pytest
 
 import sde_lib
 from sde_lib.sdes import batch_broadcast
+from tests.helpers import compilation_cache
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,11 @@ class CountingScore:
 def counting_score():
     """The :class:`CountingScore` class, for tests that check ``info["nfe"]`` against real calls."""
     return CountingScore
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for a module and the scripts it starts (``helpers.compilation_cache``);
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("module_compilation_cache")``."""
+    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield

@@ -1,5 +1,5 @@
-"""Shared by the training tests: the 2-D toy VP config with dotted-name overrides; several script command
-lines run from one process; a module-scoped persistent compilation cache."""
+"""Shared by the tests: the 2-D toy VP config with dotted-name overrides; several script command lines run
+from one process; a module-scoped persistent compilation cache; a score that counts its traces."""
 
 import contextlib
 import json
@@ -7,17 +7,39 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
+
+import equinox as eqx
 
 from configs.toy import vp as toy_vp
 
 
-def toy_config(overrides: dict, **extra):
-    """``configs/toy/vp.py`` with ``{"group.field": value}`` from ``overrides`` and then ``extra`` applied."""
-    config = toy_vp.get_config()
-    for name, value in {**overrides, **extra}.items():
+def override(config, overrides: dict):
+    """``config`` with ``{"group.field": value}`` set; returns it."""
+    for name, value in overrides.items():
         group, field = name.split(".")
         config[group][field] = value
     return config
+
+
+def toy_config(overrides: dict, **extra):
+    """``configs/toy/vp.py`` with ``{"group.field": value}`` from ``overrides`` and then ``extra`` applied."""
+    return override(toy_vp.get_config(), {**overrides, **extra})
+
+
+class TraceCount:
+    n = 0
+
+
+class TracedScore(eqx.Module):
+    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
+
+    score_fn: Any
+    count: TraceCount = eqx.field(static=True)
+
+    def __call__(self, x, t, *cond):
+        self.count.n += 1
+        return self.score_fn(x, t, *cond)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,3 +113,4 @@ def scripts(*commands, timeout=600) -> list[subprocess.CompletedProcess]:
         assert r.returncode == 0 and len(codes) == len(jobs), r.stderr[-2000:]
         return [subprocess.CompletedProcess([job[0], *job[1]], code, open(job[2]).read(), open(job[3]).read())
                 for job, code in zip(jobs, codes)]
+

@@ -18,7 +18,7 @@ import sde_lib
 from sde_lib import data
 from sde_lib.data import Dataset, files
 from sde_lib.runs import trainer
-from tests.helpers import compilation_cache, scripts, toy_config
+from tests.helpers import override, scripts, toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("bar", "cross")
@@ -91,17 +91,11 @@ def folder_config(path, kind: str = "none", **overrides):
     else:
         m.name, m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = "ddpmpp", 16, (1,), 1, (8,)
         m.dropout, m.context_dim, m.num_heads, m.context_depth = 0.0, 8, 2, 1
-    for k, v in overrides.items():
-        group, field = k.split(".")
-        c[group][field] = v
-    return c
+    return override(c, overrides)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for the module and the scripts it starts (tests.helpers)."""
-    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield
+# One persistent compilation cache for the module and the scripts it starts (conftest).
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 @pytest.fixture(scope="module")

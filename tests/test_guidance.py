@@ -1,7 +1,6 @@
 """Guidance and inpainting proven on the labelled Gaussian-mixture oracle (exact conditional scores, exact
 noisy classifiers, exact inpainting posteriors)."""
 
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -13,6 +12,7 @@ import sde_lib
 from sde_lib import guidance, sampling
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.parameterization import eps_and_x0
+from tests.helpers import TraceCount, TracedScore
 
 KEY = jax.random.PRNGKey(0)
 
@@ -249,21 +249,6 @@ def test_replacement_bias_and_what_repaint_and_dps_do_about_it(overlap, sdes, co
         dist[method] = w2_1d(np.asarray(x)[:, 1], exact)
     assert dist["replace"] > 10 * floor  # biased: far above the exact-vs-exact floor
     assert dist["repaint"] < 0.75 * dist["replace"] and dist["dps"] < 0.5 * dist["replace"], (dist, floor)
-
-
-class TraceCount:
-    n = 0
-
-
-class TracedScore(eqx.Module):
-    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
-
-    score_fn: Any
-    count: TraceCount = eqx.field(static=True)
-
-    def __call__(self, x, t, *cond):
-        self.count.n += 1
-        return self.score_fn(x, t, *cond)
 
 
 @pytest.mark.parametrize("method", ["replace", "repaint", "dps"])

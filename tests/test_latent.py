@@ -20,7 +20,7 @@ from sde_lib.conditioning import tokenizers as text
 from sde_lib.runs import folder as run_folder
 from sde_lib.runs import trainer
 from sde_lib.data import canvas, scale
-from tests.helpers import compilation_cache, scripts
+from tests.helpers import override, scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,17 +103,11 @@ def _short(path, **kw):
              "training.snapshot_freq_for_preemption": 20, "training.log_freq": 10,
              "training.eval_freq": 1000,  # no evaluation step to compile in a 20-step run
              "training.batch_size": 32, "eval.batch_size": 100}
-    for k, v in {**short, **kw}.items():
-        g, f = k.split(".")
-        c[g][f] = v
-    return c
+    return override(c, {**short, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for the module and the scripts it starts (tests.helpers)."""
-    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield
+# One persistent compilation cache for the module and the scripts it starts (conftest).
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 @pytest.fixture(scope="module")

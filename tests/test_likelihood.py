@@ -6,7 +6,6 @@ solve also checks ``info["nfe"]``.
 """
 
 import math
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -21,6 +20,7 @@ from sde_lib.data.scaling import dequantize_interval, quantize
 from sde_lib import likelihood as L
 from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.step_control import CountingPIDController, initial_step_size
+from tests.helpers import TraceCount, TracedScore
 
 EPS = 1e-5
 KEY = jax.random.PRNGKey(0)
@@ -245,21 +245,6 @@ def test_bits_per_dim_through_the_ode_bounds_the_discrete_likelihood(exact_solve
     exact_bits = -np.log(np.sum(np.asarray(gmm.weights) * np.prod(mass, axis=-1), axis=-1)) / (2 * np.log(2))
     gap = np.asarray(bpd) - exact_bits
     assert gap.mean() > -0.01 and gap.mean() < 0.03, gap.mean()
-
-
-class TraceCount:
-    n = 0
-
-
-class TracedScore(eqx.Module):
-    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
-
-    score_fn: Any
-    count: TraceCount = eqx.field(static=True)
-
-    def __call__(self, x, t, *cond):
-        self.count.n += 1
-        return self.score_fn(x, t, *cond)
 
 
 def test_a_repeated_likelihood_traces_nothing():

@@ -27,7 +27,7 @@ from sde_lib.errors import CheckpointMismatch, NonFiniteLossError, RunConflict
 from sde_lib.runs import RunFolder, trainer
 from sde_lib.runs import folder as run_folder
 from sde_lib.oracle import builtin_mixture
-from tests.helpers import compilation_cache, scripts, toy_config
+from tests.helpers import scripts, toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "configs/toy/vp.py")
@@ -66,10 +66,8 @@ def one_line_error(r, *words):
     return lines[-1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    with compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield
+# One persistent compilation cache for the module and the scripts it starts (conftest).
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Compiles dominate the run time (seconds each on CPU), so each (sampler, steps, s
 and results are cached per module.
 """
 
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -22,6 +21,7 @@ from sde_lib.oracle import GaussianMixture, builtin_mixture
 from sde_lib.sampling.exponential import DPMSolverPPMultistep
 from sde_lib.sampling.noise import PerSampleBrownianPath
 from sde_lib.step_control import MAX_NONFINITE_TRIALS
+from tests.helpers import TraceCount, TracedScore
 
 KEY = jax.random.PRNGKey(0)
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE()}
@@ -137,21 +137,6 @@ def test_trajectory_progress_and_outer_jit():
     saveat = diffrax.SaveAt(ts=jnp.array([1.0, 0.5, 0.1]))
     _, info = sampling.sample(sde, score, KEY, (4, 2), "ode_heun", steps=6, save_trajectory=saveat)
     assert info["trajectory"][1].shape == (3, 4, 2)
-
-
-class TraceCount:
-    n = 0
-
-
-class TracedScore(eqx.Module):
-    """A pytree score that counts its traces: its Python body runs only while a caller traces it."""
-
-    score_fn: Any
-    count: TraceCount = eqx.field(static=True)
-
-    def __call__(self, x, t, *cond):
-        self.count.n += 1
-        return self.score_fn(x, t, *cond)
 
 
 @pytest.mark.parametrize("name", ["ode_euler", "ode_adaptive"])
