@@ -1,57 +1,84 @@
 #!/usr/bin/env bash
-# README command 1: set up the environment, train the digits VP model, sample it with two samplers,
-# compute its test bits/dim and write report.md with the sample grids and the numbers.
-# Usage: scripts/quickstart.sh [extra train.py flags, e.g. --config.training.n_iters=500]
-# The run directory is $WORKDIR (default runs/quickstart); a second call resumes or reuses its checkpoint.
+# README command 1: set up the environment, then tour the seed's systems on the embedded digits data and
+# write one report (runs/quickstart/report.md, pictures under runs/quickstart/tour/):
+#   1. unconditional  the digits VP model (configs/digits/vp.py): bits/dim, samples, a sampler ablation
+#   2. ddpm           DDPM (configs/digits/ddpm.py): ancestral samples, its variational bound beside the VP model's
+#   3. conditional    class-conditional digits (configs/digits/cond_vp.py): a grid per class, class accuracy
+#   4. latent         autoencoder + caption-conditioned latent diffusion on the digit canvas: prompts, adherence
+# Usage: scripts/quickstart.sh [unconditional|ddpm|conditional|latent] [extra train.py flags for every part]
+# With no part, all four run; the latent part (the only one whose U-Net keeps both cores busy) runs beside the
+# other three, which are small MLPs that use about one core. Each part reuses a finished run and resumes an
+# interrupted one; the report says which. Run folders: $RUNS/quickstart{,_ddpm,_cond,_canvas_ae,_canvas}
+# (RUNS defaults to runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-WORKDIR="${WORKDIR:-runs/quickstart}"
+RUNS="${RUNS:-runs}"
+OUT="$RUNS/quickstart/tour"
 start=$(date +%s)
+parts=(unconditional ddpm conditional latent)
+if [ $# -gt 0 ] && [[ " ${parts[*]} " == *" $1 "* ]]; then parts=("$1"); shift; fi
 
-# The newest checkpoint before training: the report says whether this call trained, resumed or reused.
-first_step=$(python -c "import sys; from sde_lib.runs import checkpoint_steps; print(max(checkpoint_steps(sys.argv[1]), default=0))" "$WORKDIR")
-python scripts/train.py --config=configs/digits/vp.py --workdir="$WORKDIR" "$@"
-train_end=$(date +%s)
-mkdir -p "$WORKDIR/quickstart"
-python scripts/sample.py --workdir="$WORKDIR" --sampler=ode_tsit5 --steps=25 --num=100 --overwrite \
-  --out="$WORKDIR/quickstart/ode_tsit5" > "$WORKDIR/quickstart/ode_tsit5.json"
-python scripts/sample.py --workdir="$WORKDIR" --sampler=dpm_solver_pp_3m --steps=20 --num=100 --overwrite \
-  --out="$WORKDIR/quickstart/dpm_solver_pp_3m" > "$WORKDIR/quickstart/dpm_solver_pp_3m.json"
+# The tour's budget (15 minutes on 2 cores for all four parts, set-up included) sizes the steps below the
+# full configs': DDPM and the class-conditional model train 2500 steps instead of 5000, the canvas
+# autoencoder 1000 instead of 2000 and the caption model 1500 instead of 3000 (docs/results.md, "The
+# quick-start tour", has what that costs in quality).
+declare -A CONFIG=([quickstart]=configs/digits/vp.py [quickstart_ddpm]=configs/digits/ddpm.py
+                   [quickstart_cond]=configs/digits/cond_vp.py [quickstart_canvas_ae]=configs/canvas/autoencoder.py
+                   [quickstart_canvas]=configs/canvas/latent_caption.py)
+declare -A FLAGS=([quickstart]="" [quickstart_ddpm]="--config.training.n_iters=2500"
+                  [quickstart_cond]="--config.training.n_iters=2500"
+                  [quickstart_canvas_ae]="--config.training.n_iters=1000"
+                  [quickstart_canvas]="--config.training.n_iters=1500 --config.optim.lr=2e-3
+                                       --config.first_stage.workdir=$RUNS/quickstart_canvas_ae")
 
-python - "$WORKDIR" "$start" "$train_end" "$first_step" <<'PY'
-import json, os, sys, time
+kill_tree() {  # SIGTERM to a process and its descendants: a trainer writes a checkpoint and stops
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null || true); do kill_tree "$c"; done
+  kill -TERM "$1" 2>/dev/null || true
+}
 
-from sde_lib import load_run
-from sde_lib.runs import RunFolder
+newest() {  # the newest checkpoint step of a run folder (0 if none)
+  python -c "import sys; from sde_lib.runs import checkpoint_steps; print(max(checkpoint_steps(sys.argv[1]), default=0))" "$1"
+}
 
-workdir, start, train_end, first_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-bpd = load_run(workdir).bpd()
-samples = [json.load(open(os.path.join(workdir, "quickstart", f"{name}.json"))) for name in ("ode_tsit5", "dpm_solver_pp_3m")]
-metrics = RunFolder(workdir).read_metrics()
-losses = [r for r in metrics if "loss" in r]
-evals = [r for r in metrics if "eval_loss" in r]
-done = bpd["step"] - first_step
-if first_step == 0:
-    trained = f"- trained {done} steps in {train_end - start} s (wall, including set-up and compilation)"
-elif done > 0:
-    trained = f"- resumed at step {first_step} and trained {done} more steps, to {bpd['step']}, in {train_end - start} s"
-else:
-    trained = f"- reused the finished run at step {bpd['step']} (no training; {train_end - start} s to check it)"
-trained += f"; final training loss {losses[-1]['loss']:.4f}" if losses else ""
-trained += f", held-out loss {evals[-1]['eval_loss']:.4f}" if evals else ""
-lines = [
-    "# Quick start: sklearn digits 8x8, VP SDE (configs/digits/vp.py)", "", trained,
-    f"- **test bits/dim {bpd['bpd']:.3f} ± {bpd['bpd_stderr']:.3f}** ({bpd['num']} {bpd['split']} digits, "
-    f"PF-ODE with {bpd['trace']} trace, {bpd['nfe']:.0f} score evaluations per example, {bpd['seconds']:.0f} s)",
-    f"- total wall time {int(time.time()) - start} s", "",
-    "| sampler | steps | NFE | seconds | samples |", "|---|---|---|---|---|",
-]
-for s in samples:
-    png = os.path.relpath(s["png"], workdir)
-    lines.append(f"| {s['sampler']} | {s['steps']} | {s['nfe']:.0f} | {s['seconds']:.1f} | ![{s['sampler']}]({png}) |")
-with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
-echo "report: $WORKDIR/report.md"
+train() {  # train RUN [train.py flags]: appends "first_step seconds" of this run to the part's record
+  local run=$1; shift
+  local first t0
+  first=$(newest "$RUNS/$run"); t0=$(date +%s)
+  # shellcheck disable=SC2086
+  python scripts/train.py --config="${CONFIG[$run]}" --workdir="$RUNS/$run" ${FLAGS[$run]} "$@"
+  FIRST+=("$first"); SECONDS_+=("$(( $(date +%s) - t0 ))")
+}
+
+part() {  # part NAME [train.py flags]: train the part's runs, then measure it and write its section
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  FIRST=(); SECONDS_=()
+  case $name in
+    unconditional) train quickstart "$@" ;;
+    ddpm) train quickstart_ddpm "$@"; [ -d "$RUNS/quickstart" ] || train quickstart "$@" ;;
+    conditional) train quickstart_cond "$@" ;;
+    latent) train quickstart_canvas_ae "$@"; train quickstart_canvas "$@" ;;
+  esac
+  python scripts/tour.py "$name" --runs="$RUNS" --out="$OUT" --first_step "${FIRST[@]}" \
+    --train_seconds "${SECONDS_[@]}" --start="$t0"
+}
+
+mkdir -p "$OUT"
+if [ ${#parts[@]} -eq 4 ]; then
+  echo "quickstart: the latent part runs in the background (log: $OUT/latent.log); parts 1-3 here"
+  (part latent "$@") > "$OUT/latent.log" 2>&1 &
+  latent_pid=$!
+  trap 'kill_tree $latent_pid' EXIT
+  for p in unconditional ddpm conditional; do part "$p" "$@"; done
+  echo "quickstart: waiting for the latent part ($OUT/latent.log)"
+  if ! wait "$latent_pid"; then
+    echo "quickstart: the latent part failed; the end of its log:" >&2; tail -n 20 "$OUT/latent.log" >&2; exit 1
+  fi
+  trap - EXIT
+  cat "$OUT/latent.md"
+else
+  part "${parts[0]}" "$@"
+fi
+python scripts/tour.py report --out="$OUT" --report="$RUNS/quickstart/report.md" --total_seconds=$(( $(date +%s) - start ))
