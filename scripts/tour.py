@@ -163,7 +163,8 @@ def conditional(a) -> tuple[list[str], dict]:
              f"(real-vs-real floor {meta['fd_floor']:.2f}):", "",
              "| guidance | NFE | class accuracy | FD |", "|---:|---:|---:|---:|"]
     for r in table["rows"]:
-        lines.append(f"| {r['scale']:g} | {r['nfe']:.0f} | **{r['accuracy']:.3f}** | {r['fd']:.2f} ± {r['fd_err']:.2f} |")
+        lines.append(f"| {r['scale']:g} | {r['nfe']:.0f} | **{r['accuracy']:.3f}** | "
+                     f"{r['fd']:.2f} ± {r['fd_err']:.2f} |")
     return lines, table
 
 

@@ -415,7 +415,8 @@ def panels(result: dict) -> list[report.Panel]:
 
 def write_outputs(result: dict, out: str, *, overwrite: bool = False) -> dict[str, str]:
     """Write ``ablation.{csv,md,json,png}`` into ``out`` (the JSON holds ``meta`` and the rows); return the paths."""
+    title = f"{result['meta']['source']}, n = {result['meta']['n']}"
+    # The legend goes on the distance panel: the only one where stochastic samplers (no endpoint error) appear.
     return report.write_report(out, "ablation", result["rows"], markdown(result), meta=result["meta"],
                                columns=COLUMNS, overwrite=overwrite,
-                               plot=lambda path: report.plot_panels(path, panels(result),
-                                                                    f"{result['meta']['source']}, n = {result['meta']['n']}"))
+                               plot=lambda path: report.plot_panels(path, panels(result), title, legend_panel=1))
