@@ -4,7 +4,7 @@ training-free methods of an unconditional model on the same test images and mask
     python scripts/evaluate_image_cond.py --sr_workdir runs/digits_sr --inpaint_workdir runs/digits_inpaint \
         --uncond_workdir runs/quickstart [--n 200] [--sr_samplers dpm_solver_pp_3m:20,ancestral:100] \
         [--sr_guidance 2] [--interpolations bicubic,bilinear,nearest] [--inpaint_nfe 20,50,100] \
-        [--methods replace,repaint,dps] [--out out/image_to_image]
+        [--methods replace,repaint,dps] [--learned_guidance 1,2] [--out out/image_to_image]
 
 Two parts (``sde_lib.evaluation``), each run when its run is given:
 
@@ -14,8 +14,9 @@ Two parts (``sde_lib.evaluation``), each run when its run is given:
   consistency, class accuracy, FD, diversity at a fixed input; sr.png: input | bicubic | 4 samples | truth;
 * ``--inpaint_workdir`` (a ``condition.kind='masked_image'`` run) with ``--uncond_workdir`` (the model of
   ``--methods``): ``conditional.inpainting_table`` — docs/conditional.md's test images and masks and code
-  path — with the learned run's rows (``ancestral`` with as many steps as each NFE budget) beside the
-  training-free methods', agreement and FD; inpainting.png: observed | 4 completions | truth per mask.
+  path — with the learned run's rows (``ancestral`` with as many steps as each NFE budget, plain and at
+  each ``--learned_guidance`` scale) beside the training-free methods', agreement and FD; inpainting.png:
+  observed | 4 completions | truth per mask.
 
 Writes image_to_image.{md,json,csv}, sr.png and inpainting.png into ``--out``; existing files are kept
 unless ``--overwrite``. Runs are read only.
@@ -44,6 +45,8 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--diversity_samples", type=int, default=16)
     p.add_argument("--inpaint_nfe", default="20,50,100", help="NFE budgets of the inpainting table")
     p.add_argument("--methods", default="replace,repaint,dps", help="training-free inpainting methods")
+    p.add_argument("--learned_guidance", default="1,2", help="classifier-free guidance scales of the learned "
+                                                             "inpainting run (1: the conditional model itself)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache_dir", default=None, help="feature-classifier cache folder")
     p.add_argument("--out", default="out/image_to_image")
@@ -75,6 +78,8 @@ def main(argv=None) -> None:
         samplers = _samplers(a.sr_samplers)
         scales = cli.comma_list(a.sr_guidance, float, "--sr_guidance")
         nfes = cli.comma_list(a.inpaint_nfe, int, "--inpaint_nfe")
+        learned_scales = [None if w == 1 else w for w in cli.comma_list(a.learned_guidance, float,
+                                                                        "--learned_guidance")]
         methods = [m for m in a.methods.split(",") if m.strip()]
         interpolations = [m for m in a.interpolations.split(",") if m.strip()]
         if not (a.sr_workdir or a.inpaint_workdir):
@@ -113,7 +118,7 @@ def main(argv=None) -> None:
             _check_kind(learned, "--inpaint_workdir", "masked_image")
             uncond = load_run(a.uncond_workdir) if a.uncond_workdir else learned
             t = conditional_eval.inpainting_table(uncond, methods, nfes, n=a.n, seed=a.seed, cache_dir=a.cache_dir,
-                                                  learned=learned)
+                                                  learned=learned, learned_guidance=learned_scales)
             rows += [{"part": "inpainting", **r} for r in t["rows"]]
             meta["inpainting"] = t["meta"]
             md.append(conditional_eval.inpainting_markdown(t, uncond.workdir))

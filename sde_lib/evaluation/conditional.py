@@ -92,7 +92,8 @@ def _sample_with(run, score_fn, key, n, sampler, steps, cond, x_init):
 
 
 def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int = 0,
-                     cache_dir: str | None = None, learned=None, learned_sampler: str = "ancestral") -> dict:
+                     cache_dir: str | None = None, learned=None, learned_sampler: str = "ancestral",
+                     learned_guidance=(None,)) -> dict:
     """Rows ``{mask, method, nfe, agreement, fd, fd_err, observed_rmse}``: agreement: the classifier's class of
     the completed image equals the true class; FD of the completions in the classifier's features against the
     test split; observed_rmse: the completions' RMSE to the truth on the observed pixels (in [0, 1] units).
@@ -100,7 +101,9 @@ def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int
     alone (masked pixels set to the background, the floor), the FD floor and the truth's own FD.
 
     ``learned``: an inpainting run (``condition.kind='masked_image'``) measured on the same images and masks
-    (method ``"learned"``), sampled by ``learned_sampler`` with as many steps as each NFE budget."""
+    (method ``"learned"``), sampled by ``learned_sampler`` with as many steps as each NFE budget, as it is
+    (None in ``learned_guidance``) and with classifier-free guidance at each other scale (one NFE: one
+    network call on the doubled batch)."""
     data_cfg = run.config.data
     d = run.config.data
     clf = get_classifier(data_cfg, cache_dir=cache_dir)
@@ -134,10 +137,12 @@ def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int
                 x, info = guidance.inpaint(run.sde, run.score_fn, jax.random.PRNGKey(seed), x_true, mask, method,
                                            steps=steps, **kw)
                 rows.append(score(kind, method, info["nfe"], x, mask))
-        for nfe in nfes if learned is not None else ():
-            x, info = learned.sample(jax.random.PRNGKey(seed), n, learned_sampler, nfe, denoise=False,
-                                     masked_image=[(xi, mask) for xi in x_true])
-            rows.append(score(kind, "learned", np.mean(np.asarray(info["nfe"])), x, mask))
+        for w in learned_guidance if learned is not None else ():
+            for nfe in nfes:
+                x, info = learned.sample(jax.random.PRNGKey(seed), n, learned_sampler, nfe, denoise=False,
+                                         masked_image=[(xi, mask) for xi in x_true], guidance=w)
+                name = "learned" if w is None else f"learned, guidance {w:g}"
+                rows.append(score(kind, name, np.mean(np.asarray(info["nfe"])), x, mask))
     return {"rows": rows, "meta": meta}
 
 
