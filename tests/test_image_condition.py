@@ -276,3 +276,23 @@ def test_sample_script_takes_condition_images_and_masks(runs, pngs, tmp_path):
                       (broken, f"error: {pngs['broken']}: cannot read as an image"),
                       (mask_for_sr, f"error: --mask does not apply to {runs['sr']} (condition.kind='image')")):
         assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(line), bad.stderr[-1000:]
+
+
+@pytest.mark.slow
+def test_super_resolution_metrics_on_known_outputs(contexts):
+    """The truth scores the PSNR cap, zero consistency error and the truth's accuracy; the input repeated
+    (nearest) explains the input up to quantisation; only a method whose draws differ has diversity."""
+    from sde_lib.evaluation import image_cond
+
+    d = contexts["image"].config.data
+    truth = data.scale(data.load_split(d, "test")[:40], 17, True)
+    exact = image_cond.SRMethod("exact", lambda y, key: (truth, 0))  # deterministic: called once, on the 40
+    noisy = image_cond.SRMethod("noisy", lambda y, key: (np.repeat(y, 2, 1).repeat(2, 2) + 0.3 * np.asarray(
+        jax.random.normal(key, (len(y), *DIMS))), 0), stochastic=True)
+    t = image_cond.super_resolution_table(d, 2, [exact, image_cond.interpolation("nearest", 2), noisy], n=40,
+                                          diversity_inputs=4, diversity_samples=3)
+    rows = {r["method"]: r for r in t["rows"]}
+    assert rows["exact"]["psnr"] == 100.0 and rows["exact"]["consistency"] == 0.0
+    assert rows["exact"]["accuracy"] == rows["truth"]["accuracy"] > 0.9 and rows["exact"]["diversity"] == 0.0
+    assert 0 < rows["nearest"]["consistency"] < 0.02 and rows["nearest"]["psnr"] < 20
+    assert rows["noisy"]["diversity"] > 0.05 and rows["noisy"]["mean_psnr"] > rows["noisy"]["psnr"]
