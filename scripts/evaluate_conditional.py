@@ -152,14 +152,8 @@ def _markdown(rows, meta) -> str:
         lines.append("")
     t = meta.get("inpainting")
     if t is not None:
-        floors = ", ".join(f"{k.removeprefix('observed_only_')} {v:.3f}" for k, v in t.items()
-                           if k.startswith("observed_only_"))
-        lines += [f"Inpainting ({t['n']} test images, model {meta['inpaint_workdir']}): classifier agreement with "
-                  f"the true class; full images {t['ceiling']:.3f}, observed part alone: {floors}.", "",
-                  "| mask | method | NFE | agreement |", "|---|---|---:|---:|"]
-        for r in (r for r in rows if r["part"] == "inpainting"):
-            lines.append(f"| {r['mask']} | {r['method']} | {r['nfe']} | {r['agreement']:.3f} |")
-        lines.append("")
+        lines.append(conditional_eval.inpainting_markdown(
+            {"rows": [r for r in rows if r["part"] == "inpainting"], "meta": t}, meta["inpaint_workdir"]))
     b = meta.get("bpd")
     if b is not None:
         c, u = b["conditional"], b["unconditional"]

@@ -6,7 +6,8 @@ Sampler, steps, options and count default to the run's config.sampling; --option
 sets a sampler option, e.g. --option eta=0.5. A conditional run takes its condition kind's flag
 (``sde_lib.conditioning``): --label (a class number or name, a comma list, or ``all``: one row per class),
 --prompt "a 3 left of a 7", --layout "3,0,0,0.5,0.5;sandal,0.5,0,1,0.5", --embedding FILE.npy or test:N,
---cond_image FILE.png or test:N; or --cond, which any kind reads, its own included. Each flag is
+--cond_image FILE.png or test:N, --masked_image FILE.png or test:N with --mask left_half|box:R0,C0,R1,C1|FILE.png
+(a row per image and mask); or --cond, which any kind reads, its own included. Each flag is
 repeatable, and each has a file form, one value a line: --labels, --prompts, --layouts, ... FILE (or
 --cond_file FILE). Each value gives a labelled row of --num samples. --guidance W: classifier-free guidance s_u + W (s_c - s_u) (without it, the conditional
 model itself). Latent runs return decoded images. Reads the run folder only. Writes OUT.png and OUT.npz
@@ -50,6 +51,9 @@ _KIND_FLAGS = {k.user_arg: flags.DEFINE_multi_string(k.user_arg, [], k.help) for
 _KIND_FILES = {k.user_arg: flags.DEFINE_string(k.user_arg + "s", None, f"A file of --{k.user_arg} values, one a "
                                                                        f"line (a labelled row each).")
                for k in conditioning.registered()}
+# Further flags a kind reads beside its own (--mask of masked_image), defined once per name.
+_EXTRA_FLAGS = {name: flags.DEFINE_multi_string(name, [], text) for k in conditioning.registered()
+                for name, text in k.cli_flags.items()}
 
 
 def read_lines(path: str, flag: str) -> list[str]:
@@ -86,14 +90,21 @@ def conditions(run) -> tuple[str, list[tuple[str, object]]]:
     if len(given) > 1:
         raise ValueError(f"give one condition flag, got {', '.join('--' + g for g in sorted(given))}")
     if not given:
+        unused = [name for name, f in _EXTRA_FLAGS.items() if f.value]
+        if unused:
+            raise ValueError(f"--{unused[0]} needs the condition it belongs to (e.g. --masked_image)")
         return "", []
     (flag, texts), = given.items()
     if run.kind is None or (flag != "cond" and flag != run.kind.user_arg):
         flag_of_kind = f"--{run.kind.user_arg} or " if run.kind is not None and run.kind.user_arg in _KIND_FLAGS else ""
         takes = "no condition" if run.kind is None else f"{flag_of_kind}--cond (condition.kind={run.kind.name!r})"
         raise ValueError(f"--{flag} does not apply to {run.workdir}: it takes {takes}")
+    extra = {name: f.value for name, f in _EXTRA_FLAGS.items() if name in run.kind.cli_flags}
+    ignored = [name for name, f in _EXTRA_FLAGS.items() if f.value and name not in extra]
+    if ignored:
+        raise ValueError(f"--{ignored[0]} does not apply to {run.workdir} (condition.kind={run.kind.name!r})")
     ctx = run.assembly.context
-    return flag, [row for text in texts for row in run.kind.parse_cli(text, ctx)]
+    return flag, [row for text in texts for row in run.kind.parse_cli(text, ctx, **extra)]
 
 
 def main(argv):
@@ -136,7 +147,13 @@ def main(argv):
             images = to_uint8(x, d.levels or 256, d.centered)
             title = f"{run_name} step {run.step}: {sampler}, {steps} steps ({nfe:g} NFE)" + (
                 "" if _GUIDANCE.value is None else f", guidance {_GUIDANCE.value:g}")
-            grid = figures.labelled_rows([images[i * num:(i + 1) * num] for i in range(len(rows))], labels, title)
+            strips = [images[i * num:(i + 1) * num] for i in range(len(rows))]
+            shown = [run.kind.preview(value, run.assembly.context) for _, value in rows]
+            if all(p is not None for p in shown):  # an image condition: its picture, then the samples
+                strips = [np.concatenate([to_uint8(p[None], d.levels or 256, d.centered), s])
+                          for p, s in zip(shown, strips)]
+                title += "; first column: the condition"
+            grid = figures.labelled_rows(strips, labels, title)
             figures.save_png(out + ".png", grid)
     print(json.dumps({"step": run.step, "params": run.params, "sampler": sampler, "steps": int(steps), "nfe": nfe,
                       "num": len(x), "conditions": labels, "condition_flag": flag or None, "guidance": _GUIDANCE.value,

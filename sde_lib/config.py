@@ -170,10 +170,11 @@ SCHEMA = {
         "mid_attention": (False, "autoencoder: self-attention in the middle blocks"),
     },
     "condition": {
-        "kind": ("none", "what the run is conditioned on: none | label | caption | layout | embedding | image | a "
-                         "kind registered by condition.plugin"),
+        "kind": ("none", "what the run is conditioned on: none | label | caption | layout | embedding | image | "
+                         "masked_image | a kind registered by condition.plugin"),
         "plugin": ("", "a Python file or module that registers condition kinds of your own (recorded with the run)"),
         "options": (ml_collections.ConfigDict(), "the kind's own options, e.g. {'factor': 2} for image, "
+                                                 "{'masks': 'half,box,pixels'} for masked_image, "
                                                  "{'vocab_size': 1000} for caption"),
     },
     "first_stage": {

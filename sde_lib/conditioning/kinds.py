@@ -1,6 +1,6 @@
-"""The built-in condition kinds: class labels, captions, layouts, precomputed embeddings and images (see
-``registry``). Where each reads its values: ``sde_lib.data`` (class subfolders, ``metadata.jsonl``, COCO
-instances, ``embeddings.npz`` of image folders; the built-in data sets' own).
+"""The built-in condition kinds: class labels, captions, layouts and precomputed embeddings (see ``registry``;
+the image kinds are in ``images``). Where each reads its values: ``sde_lib.data`` (class subfolders,
+``metadata.jsonl``, COCO instances, ``embeddings.npz`` of image folders; the built-in data sets' own).
 
 * ``label``: the class of each example, fed to the network's class embedding; null condition the extra
   class ``model.num_classes``. The class names (a folder's subfolders, the bundled sets' names) are saved
@@ -17,11 +17,7 @@ instances, ``embeddings.npz`` of image folders; the built-in data sets' own).
   padded to ``model.context_len`` positions and fed straight to cross-attention (``model.context_dim`` = D);
   the null condition is one zero vector (a fixed, documented choice: not learned). ``embedding=(L, D)`` array or ``(context, mask)``; the CLI reads
   ``--embedding=FILE.npy`` (an (L, D) array, every row a token) or ``test:N``.
-* ``image``: a low-resolution copy of each example (``condition.options.factor``: mean-pooled by that
-  factor), upsampled to the network's resolution (nearest neighbour: the latents' for a latent run) and
-  concatenated to its input channels: super-resolution. Null condition an image of zeros.
-  ``cond_image=`` an array ``(h, w, C)`` at the low resolution in model space, ``--cond_image=FILE.png``
-  or ``--cond_image=test:N`` (test example N's low-resolution copy).
+* ``image`` and ``masked_image`` (super-resolution, learned inpainting): ``sde_lib.conditioning.images``.
 """
 
 from __future__ import annotations
@@ -40,7 +36,6 @@ from sde_lib.conditioning.tokenizers import (
     WordTokenizer,
     from_state,
 )
-from sde_lib.data import files
 from sde_lib.data.pipeline import Choices
 
 UNET_NAMES = ("ncsnpp", "ddpmpp")
@@ -291,56 +286,5 @@ class Embedding(ConditionKind):
             raise ValueError(f"--embedding={text}: cannot read an (L, D) .npy array ({err})") from None
 
 
-class Image(ConditionKind):
-    name, network_input, user_arg = "image", "concat", "cond_image"
-    help = "Condition image of an image-conditioned run: a PNG file, or test:N (test example N), repeatable."
-    options = {"factor": 2}
-    value_ndim = 3  # one value: an image (h, w, C)
-
-    def validate(self, config) -> None:
-        factor, d = self.option(config, "factor"), config.data
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1 or d.image_size % factor:
-            _fail("condition.options.factor", f"must be a positive int dividing data.image_size={d.image_size}, "
-                                              f"got {factor!r}")
-        if config.model.concat_channels != d.num_channels:
-            _fail("model.concat_channels", f"must be {d.num_channels} (the data's channels) for "
-                                           f"condition.kind='image', got {config.model.concat_channels}")
-
-    def low_res(self, x: np.ndarray, factor: int) -> np.ndarray:
-        """Mean of each ``factor`` x ``factor`` block: ``(N, H, W, C) -> (N, H / factor, W / factor, C)``."""
-        n, h, w, c = x.shape
-        return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4)).astype(np.float32)
-
-    def _model_space(self, config, split: str, rows=None) -> np.ndarray:
-        spec = data.parse(config.data)
-        x = data.load_split(spec, split)
-        if x.ndim != 4:
-            raise ValueError(f"condition.kind='image' needs images, {spec.dataset} holds vectors {x.shape}")
-        x = x[:] if rows is None else x[rows]
-        return data.scale(x, spec.levels, spec.centered) if np.issubdtype(x.dtype, np.integer) else x
-
-    def read(self, config, split):
-        return self.low_res(self._model_space(config, split), int(self.option(config, "factor")))
-
-    def encode(self, values, ctx: Context, *, source: str):
-        x = np.asarray(values, np.float32)
-        h, w, c = ctx.model_dims
-        if x.ndim != 4 or x.shape[-1] != c or h % x.shape[1] or w % x.shape[2]:
-            raise ValueError(f"{source}: condition images must be (N, h, w, {c}) with h, w dividing the network's "
-                             f"{h} x {w}, got {x.shape}")
-        return {"concat": x.repeat(h // x.shape[1], axis=1).repeat(w // x.shape[2], axis=2)}
-
-    def null(self, ctx: Context):
-        return {"concat": np.zeros(ctx.model_dims, np.float32)}
-
-    def parse_cli(self, text: str, ctx: Context):
-        factor, d = int(self.option(ctx.config, "factor")), ctx.config.data
-        if text.startswith("test:"):
-            i = _test_row(text, "cond_image", len(data.load_split(ctx.config.data, "test")))
-            return [(text, self.low_res(self._model_space(ctx.config, "test", [i]), factor)[0])]
-        image = files.read_image(text, d.num_channels, d.image_size // factor)
-        return [(text, data.scale(image[None], 256, bool(d.centered))[0].astype(np.float32))]
-
-
-for _kind in (Label(), Caption(), Layout(), Embedding(), Image()):
+for _kind in (Label(), Caption(), Layout(), Embedding()):
     register(_kind)

@@ -16,8 +16,9 @@ kind, never an if-chain of their own. A kind says
   read by the network's own token encoder and cross-attention (``tokens``), precomputed embeddings for
   cross-attention (``context`` with ``context_mask``), or channels concatenated to the input (``concat``);
 * how a **user** gives one: ``user_arg`` is the keyword of ``Run.sample`` and the flag of
-  ``scripts/sample.py``; ``parse_cli`` reads the flag's text into labelled rows, ``from_user`` turns
-  values into the encoded arrays, ``describe`` labels a row;
+  ``scripts/sample.py``; ``parse_cli`` reads the flag's text into labelled rows (with the values of the
+  kind's own further flags, ``cli_flags``: an inpainting run's ``--mask``), ``from_user`` turns values into
+  the encoded arrays, ``describe`` labels a row and ``preview`` shows it (an image condition's picture);
 * its **validation**: ``validate(config)`` raises one ValueError naming the config field.
 
 A new kind is one subclass and one :func:`register` call, in the kind's own file. A kind outside this
@@ -60,6 +61,7 @@ class ConditionKind:
     user_arg: str = ""
     help: str = ""
     options: Mapping[str, Any] = {}
+    cli_flags: Mapping[str, str] = {}  # further repeatable flags of sample.py the kind reads: {name: help}
 
     # ---------------------------------------------------------------------------------- config
     def validate(self, config) -> None:
@@ -118,13 +120,18 @@ class ConditionKind:
 
     value_ndim = 0  # array dimensions of one value (a box list: 2), to tell one value from a list of them
 
-    def parse_cli(self, text: str, ctx: Context) -> list[tuple[str, Any]]:
-        """``--<user_arg>=text`` -> labelled rows ``[(label, value), ...]`` (one grid row each)."""
+    def parse_cli(self, text: str, ctx: Context, **flags) -> list[tuple[str, Any]]:
+        """``--<user_arg>=text`` -> labelled rows ``[(label, value), ...]`` (one grid row each); ``flags``: the
+        values (lists of strings) of the kind's ``cli_flags``, passed only to kinds that declare some."""
         return [(text, text)]
 
     def describe(self, value) -> str:
         """A grid label for one value."""
         return str(value)
+
+    def preview(self, value, ctx: Context) -> np.ndarray | None:
+        """A picture of one value in model space ``ctx.dims`` (shown before its row of samples), or None."""
+        return None
 
 
 _KINDS: dict[str, ConditionKind] = {}
@@ -143,6 +150,10 @@ def register(kind: ConditionKind) -> ConditionKind:
         if not same and (other.name == kind.name or other.user_arg == kind.user_arg):
             raise ValueError(f"condition kind {kind.name!r} (user_arg {kind.user_arg!r}) clashes with the "
                              f"registered {other.name!r} (user_arg {other.user_arg!r})")
+        clash = ({other.user_arg} & set(kind.cli_flags)) | ({kind.user_arg} & set(other.cli_flags))
+        if not same and clash:
+            raise ValueError(f"condition kind {kind.name!r}: the flag {clash.pop()!r} is both a user_arg and a "
+                             f"cli_flag (of {kind.name!r} and {other.name!r})")
     _KINDS[kind.name] = kind
     return kind
 

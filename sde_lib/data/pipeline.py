@@ -8,9 +8,9 @@ with randomness hashed from (seed, e, i), so the batches of a run resumed at ste
 uninterrupted run, and do not depend on how the batch is split over processes. Process ``r`` of ``P``
 receives rows ``[r B/P, (r+1) B/P)`` of every global batch.
 
-Conditions ride along row for row (``{"x": ..., "label": ...}``); a condition with several values per
-example (:class:`Choices`: the captions of an image) gives one per training step, drawn from (seed, step,
-example), and its first in evaluation batches.
+Conditions ride along row for row (``{"x": ..., "label": ...}``); a condition drawn anew at every step
+(:class:`PerStep`: one of the captions of an image, :class:`Choices`; a random mask over the image) is
+drawn from (seed, step, example), and from a fixed key in evaluation batches.
 
 Image files (``files.ImageFiles``, the ``folder`` data set) are read lazily: the host batches of the
 steps ahead are made by ``grain`` (its ``MapDataset`` over step numbers, mapped to the same batch
@@ -36,8 +36,19 @@ from sde_lib.data.sources import data_dims, load_split, parse
 _STEPS_AHEAD = 10**12  # the length of grain's (lazily mapped) sequence of steps: never reached
 
 
+class PerStep:
+    """A condition whose rows are drawn at every training step rather than stored: ``len`` rows (one per
+    example), and :meth:`pick` of examples ``rows`` with the step's ``key`` (None: evaluation, a fixed draw)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def pick(self, rows: np.ndarray, key: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True)
-class Choices:
+class Choices(PerStep):
     """Several values of a condition per example: ``values`` ``(N, K, ...)``, of which the first ``counts[i]``
     are example i's (the rest padding)."""
 
@@ -56,8 +67,8 @@ class Choices:
 
 
 def first_choice(cond: dict) -> dict:
-    """Condition arrays with every :class:`Choices` replaced by its first values (one array per input)."""
-    return {k: v.values[:, 0] if isinstance(v, Choices) else v for k, v in cond.items()}
+    """Condition arrays with every :class:`PerStep` replaced by its evaluation draw (a caption's first value)."""
+    return {k: v.pick(np.arange(len(v)), None) if isinstance(v, PerStep) else v for k, v in cond.items()}
 
 
 def _place(x: np.ndarray, sharding, global_shape: tuple[int, ...]):
@@ -114,7 +125,7 @@ class Dataset:
     def set_conditions(self, cond: dict | None) -> None:
         """Serve ``cond`` (per-example arrays, row for row with the examples) with the images from now on (and
         the pairs' noise, which stays)."""
-        cond = {k: v if isinstance(v, Choices) else np.asarray(v) for k, v in (cond or {}).items()}
+        cond = {k: v if isinstance(v, PerStep) else np.asarray(v) for k, v in (cond or {}).items()}
         if self.pair_noise is not None:
             cond["noise"] = self.pair_noise
         for k, v in cond.items():
@@ -182,12 +193,12 @@ class Dataset:
         """This process's condition rows of training step ``step`` (row for row with :meth:`batch_at`)."""
         rows = self._local(self.indices_at(step)[1])
         key = counter_rng.make_key(self.seed, counter_rng.CHOICE, step)
-        return {k: v.pick(rows, key) if isinstance(v, Choices) else v[rows] for k, v in self.cond.items()}
+        return {k: v.pick(rows, key) if isinstance(v, PerStep) else v[rows] for k, v in self.cond.items()}
 
     def cond_rows(self, rows) -> dict[str, np.ndarray]:
-        """The condition rows of examples ``rows`` (first values of several): evaluation, snapshots."""
+        """The condition rows of examples ``rows`` (evaluation draws of :class:`PerStep`): evaluation, snapshots."""
         rows = np.asarray(rows)
-        return {k: v.pick(rows, None) if isinstance(v, Choices) else v[rows] for k, v in self.cond.items()}
+        return {k: v.pick(rows, None) if isinstance(v, PerStep) else v[rows] for k, v in self.cond.items()}
 
     def host_item(self, step: int, k: int = 1):
         """The host arrays of the call starting at training ``step``: ``(B/P, *dims)`` (``(k, B/P, *dims)`` for

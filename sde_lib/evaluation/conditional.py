@@ -6,8 +6,9 @@
   of the generated class (does the classifier see the class asked for?) and FD / KID against the test
   split, beside their real-data values (the test images' own accuracy; the held-out floor).
 * :func:`inpainting_table`: test images with a mask (left half, centre box, random half of the pixels)
-  completed by each inpainting method at several NFE, scored by the classifier's agreement between the
-  completed image's class and the true one (the observed part alone is ambiguous).
+  completed by each inpainting method at several NFE (and by a learned inpainting run), scored by the
+  classifier's agreement between the completed image's class and the true one (the observed part alone
+  is ambiguous) and by FD.
 * :func:`conditional_bpd`: log p(x | y) and log p(x) of the same run through the PF-ODE, in bits/dim,
   against the bound log2(C) / D on their mean gap (the mutual information I(x; y) <= H(y)).
 
@@ -23,8 +24,9 @@ import jax
 import numpy as np
 
 from sde_lib import guidance, sampling
+from sde_lib.conditioning.images import named_mask
 from sde_lib.data import load_labels, load_split, scale, to_uint8
-from sde_lib.metrics import evaluate_samples, get_classifier
+from sde_lib.metrics import evaluate_samples, get_classifier, reference
 from sde_lib.metrics.reference import image_spec, real_sets
 
 MASKS = ("left_half", "centre_box", "random_half")
@@ -32,18 +34,11 @@ MASKS = ("left_half", "centre_box", "random_half")
 
 def make_mask(kind: str, dims: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A 0/1 mask of an image ``(H, W, C)``: 1 where observed. ``left_half`` observes the left columns,
-    ``centre_box`` everything but the central half-size box, ``random_half`` a seeded half of the pixels."""
-    h, w, c = dims
-    m = np.ones((h, w, c), np.float32)
-    if kind == "left_half":
-        m[:, w // 2:] = 0.0
-    elif kind == "centre_box":
-        m[h // 4: h - h // 4, w // 4: w - w // 4] = 0.0
-    elif kind == "random_half":
-        m = (np.random.default_rng(seed).random((h, w, 1)) < 0.5).astype(np.float32).repeat(c, -1)
-    else:
+    ``centre_box`` everything but the central half-size box, ``random_half`` a seeded half of the pixels:
+    the named masks an inpainting run takes (``sde_lib.conditioning.images.named_mask``)."""
+    if kind not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {kind!r}")
-    return m
+    return named_mask(kind, dims, seed)
 
 
 def guidance_table(run, scales, samplers, *, n_per_class: int = 36, steps: int = 20, seed: int = 0,
@@ -97,18 +92,38 @@ def _sample_with(run, score_fn, key, n, sampler, steps, cond, x_init):
 
 
 def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int = 0,
-                     cache_dir: str | None = None) -> dict:
-    """Rows ``{mask, method, nfe, agreement}``: the classifier's class of the completed image equals the
-    true class; ``meta`` has the classifier's accuracy on the full test images (the ceiling) and on the
-    observed part alone (masked pixels set to the background, the floor)."""
+                     cache_dir: str | None = None, learned=None, learned_sampler: str = "ancestral",
+                     learned_guidance=(None,)) -> dict:
+    """Rows ``{mask, method, nfe, agreement, fd, fd_err, observed_rmse}``: agreement: the classifier's class of
+    the completed image equals the true class; FD of the completions in the classifier's features against the
+    test split; observed_rmse: the completions' RMSE to the truth on the observed pixels (in [0, 1] units).
+    ``meta`` has the classifier's accuracy on the full test images (the ceiling) and on the observed part
+    alone (masked pixels set to the background, the floor), the FD floor and the truth's own FD.
+
+    ``learned``: an inpainting run (``condition.kind='masked_image'``) measured on the same images and masks
+    (method ``"learned"``), sampled by ``learned_sampler`` with as many steps as each NFE budget, as it is
+    (None in ``learned_guidance``) and with classifier-free guidance at each other scale (one NFE: one
+    network call on the doubled batch)."""
     data_cfg = run.config.data
     d = run.config.data
     clf = get_classifier(data_cfg, cache_dir=cache_dir)
     levels = load_split(d, "test")[:n]
     labels = load_labels(d, "test")[:n]
     x_true = scale(levels, d.levels, d.centered)
-    rows, meta = [], {"ceiling": float(np.mean(clf.predict(levels) == labels)), "n": n}
+    truth = evaluate_samples(levels, data_cfg, n=n, seed=seed, classifier=clf)
+    rows, meta = [], {"ceiling": float(np.mean(clf.predict(levels) == labels)), "n": n, "fd_truth": truth["fd"],
+                      "fd_truth_err": truth["fd_err"], "fd_floor": truth["fd_floor"],
+                      "fd_floor_err": truth["fd_floor_err"], "learned": None if learned is None else learned.workdir}
     background = -1.0 if d.centered else 0.0
+    unit = lambda a: reference.to_unit(np.asarray(a), reference.image_spec(data_cfg))  # noqa: E731
+
+    def score(kind, method, nfe, x, mask):
+        r = evaluate_samples(np.asarray(x), data_cfg, n=n, seed=seed, classifier=clf)
+        err = (unit(x) - unit(levels)) * mask
+        return {"mask": kind, "method": method, "nfe": int(nfe),
+                "agreement": float(np.mean(clf.predict(np.asarray(x)) == labels)), "fd": r["fd"],
+                "fd_err": r["fd_err"], "observed_rmse": float(np.sqrt(np.sum(err**2) / (len(x) * np.sum(mask))))}
+
     for kind in masks:
         mask = make_mask(kind, x_true.shape[1:], seed)
         alone = np.where(mask > 0, x_true, background)
@@ -121,9 +136,32 @@ def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int
                     steps = _repaint_steps(nfe, 5, 2)
                 x, info = guidance.inpaint(run.sde, run.score_fn, jax.random.PRNGKey(seed), x_true, mask, method,
                                            steps=steps, **kw)
-                rows.append({"mask": kind, "method": method, "nfe": int(info["nfe"]),
-                             "agreement": float(np.mean(clf.predict(np.asarray(x)) == labels))})
+                rows.append(score(kind, method, info["nfe"], x, mask))
+        for w in learned_guidance if learned is not None else ():
+            for nfe in nfes:
+                x, info = learned.sample(jax.random.PRNGKey(seed), n, learned_sampler, nfe, denoise=False,
+                                         masked_image=[(xi, mask) for xi in x_true], guidance=w)
+                name = "learned" if w is None else f"learned, guidance {w:g}"
+                rows.append(score(kind, name, np.mean(np.asarray(info["nfe"])), x, mask))
     return {"rows": rows, "meta": meta}
+
+
+def inpainting_markdown(result: dict, model: str) -> str:
+    """The inpainting table of :func:`inpainting_table`'s ``result`` (``model``: the run of the training-free
+    methods) with its caption."""
+    t = result["meta"]
+    floors = ", ".join(f"{k.removeprefix('observed_only_')} {v:.3f}" for k, v in t.items()
+                       if k.startswith("observed_only_"))
+    learned = f"; method learned: {t['learned']}" if t.get("learned") else ""
+    lines = [f"Inpainting ({t['n']} test images, model {model}{learned}): classifier agreement with the true class; "
+             f"full images {t['ceiling']:.3f}, observed part alone: {floors}. FD in the classifier's features "
+             f"against the test split: the truth {t['fd_truth']:.3f} +- {t['fd_truth_err']:.3f}, real-vs-real floor "
+             f"{t['fd_floor']:.3f} +- {t['fd_floor_err']:.3f}; observed RMSE in [0, 1] units.", "",
+             "| mask | method | NFE | agreement | FD | observed RMSE |", "|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['mask']} | {r['method']} | {r['nfe']} | {r['agreement']:.3f} | {r['fd']:.3f} +- "
+                     f"{r['fd_err']:.3f} | {r['observed_rmse']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _repaint_steps(nfe: int, jump_length: int, jump_n_sample: int) -> int:
@@ -167,5 +205,6 @@ def cfg_guided_samples(run, label: int, scale_: float, n: int, sampler: str, ste
     return to_uint8(np.asarray(x), d.levels, d.centered)
 
 
-__all__ = ["MASKS", "conditional_bpd", "guidance_table", "inpainting_figure", "inpainting_table", "make_mask",
+__all__ = ["MASKS", "conditional_bpd", "guidance_table", "inpainting_figure", "inpainting_markdown", "inpainting_table",
+           "make_mask",
            "cfg_guided_samples"]
