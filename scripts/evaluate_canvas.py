@@ -108,14 +108,16 @@ def _conditioning(run) -> str:
     return f"{run.kind.name} (pooled)" if run.config.model.context_pooled else f"{run.kind.name} (cross-attention)"
 
 
-PROMPTS = ("a 3 left of a 7", "a 7 left of a 3", "a 2 above a 5", "an 8 at the top right")
+# The grid's prompts as (class, slot) objects: classes 3 and 7 side by side and swapped, 2 above 5, an 8 alone
+# ("a 3 left of a 7", ... on the digit canvas; "a dress left of a sneaker", ... on the Fashion-MNIST canvas).
+PROMPT_OBJECTS = (((3, 0), (7, 1)), ((7, 0), (3, 1)), ((2, 0), (5, 2)), ((8, 1),))
 
 
 def _grid(run, seed: int, name: str):
     """A labelled grid: one row per prompt, 6 samples each (guidance 3)."""
     d = run.config.data
     rows, labels = [], []
-    for prompt in PROMPTS:
+    for prompt in [canvas.caption_of(canvas.SPECS[name], list(objs)) for objs in PROMPT_OBJECTS]:
         kw = {}
         if run.kind is not None and run.kind.name == "caption":
             kw = {"condition": prompt, "guidance": 3.0}
@@ -125,7 +127,7 @@ def _grid(run, seed: int, name: str):
         rows.append(to_uint8(np.asarray(x), d.levels, d.centered))
         labels.append(prompt if kw else f"(unconditional) {prompt}")
     title = f"{_name(run)}: {_conditioning(run)}, dpm_solver_pp_3m 20 steps"
-    return figures.labelled_rows(rows, labels, title, cell=48)
+    return figures.labelled_rows(rows, labels, title, cell=3 * canvas.SPECS[name].size)
 
 
 def _layout_of(prompt: str, name: str) -> np.ndarray:
