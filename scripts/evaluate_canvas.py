@@ -117,11 +117,16 @@ def _conditioning(run) -> str:
 PROMPT_OBJECTS = (((3, 0), (7, 1)), ((7, 0), (3, 1)), ((2, 0), (5, 2)), ((8, 1),))
 
 
+def grid_prompts(name: str) -> list[str]:
+    """The grid's prompts in the words of canvas data set ``name``."""
+    return [canvas.caption_of(canvas.SPECS[name], list(objs)) for objs in PROMPT_OBJECTS]
+
+
 def _grid(run, seed: int, name: str):
     """A labelled grid: one row per prompt, 6 samples each (guidance 3)."""
     d = run.config.data
     rows, labels = [], []
-    for prompt in [canvas.caption_of(canvas.SPECS[name], list(objs)) for objs in PROMPT_OBJECTS]:
+    for prompt in grid_prompts(name):
         kw = {}
         if run.kind is not None and run.kind.name == "caption":
             kw = {"condition": prompt, "guidance": 3.0}
