@@ -1,14 +1,15 @@
 """Prompt adherence of canvas models side by side: one table row per run (and per guidance scale / sampler).
 
     python scripts/evaluate_canvas.py --workdirs runs/canvas_latent_caption,runs/canvas_latent_pooled@1000,... \
-        [--guidance 1,1.5,3,5] [--samplers dpm_solver_pp_3m,unipc] [--steps 20] [--prompts 40] \
+        [--guidance 1,1.5,3,5 [--guidance_all]] [--samplers dpm_solver_pp_3m,unipc] [--steps 20] [--prompts 40] \
         [--per_prompt 5] [--out out/canvas]
 
 A workdir may name a checkpoint: ``DIR@STEP`` (default: the newest). Columns (``sde_lib.evaluation.canvas``):
 adherence on seen prompts, binding (order-swapped prompts) and composition (held-out combinations), FD / KID in the slot evaluator's features, NFE and seconds per
 sample; the evaluator's ceiling on real canvases (and on autoencoder reconstructions, PSNR) heads the
-table. The guidance sweep and extra samplers apply to the first run. Writes canvas.{md,csv,json} and
-canvas.png (a labelled grid per run) into --out; existing files are kept unless --overwrite.
+table. The guidance sweep applies to the first run (to every conditional run with --guidance_all), the
+extra samplers to the first run. Writes canvas.{md,csv,json} and canvas.png (a labelled grid per run) into
+--out; existing files are kept unless --overwrite.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from sde_lib.data import canvas, to_uint8
 def parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdirs", required=True, help="comma-separated canvas runs (score runs)")
-    p.add_argument("--guidance", default="3", help="classifier-free guidance scales (first run)")
+    p.add_argument("--guidance", default="3", help="classifier-free guidance scales (first run; every "
+                   "conditional run with --guidance_all)")
+    p.add_argument("--guidance_all", action="store_true", help="sweep --guidance for every conditional run, "
+                   "not only the first (the others get 3 otherwise)")
     p.add_argument("--samplers", default="dpm_solver_pp_3m", help="samplers (first run)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=40, help="prompts per set")
@@ -67,7 +71,7 @@ def main(argv=None) -> None:
         rows, grids = [], []
         for i, run in enumerate(runs):
             conditional = run.kind is not None
-            if i == 0 and conditional:
+            if (i == 0 or a.guidance_all) and conditional:
                 scales = cli.comma_list(a.guidance, float, "--guidance")
             else:
                 scales = [3.0] if conditional else [None]
@@ -108,14 +112,21 @@ def _conditioning(run) -> str:
     return f"{run.kind.name} (pooled)" if run.config.model.context_pooled else f"{run.kind.name} (cross-attention)"
 
 
-PROMPTS = ("a 3 left of a 7", "a 7 left of a 3", "a 2 above a 5", "an 8 at the top right")
+# The grid's prompts as (class, slot) objects: classes 3 and 7 side by side and swapped, 2 above 5, an 8 alone
+# ("a 3 left of a 7", ... on the digit canvas; "a dress left of a sneaker", ... on the Fashion-MNIST canvas).
+PROMPT_OBJECTS = (((3, 0), (7, 1)), ((7, 0), (3, 1)), ((2, 0), (5, 2)), ((8, 1),))
+
+
+def grid_prompts(name: str) -> list[str]:
+    """The grid's prompts in the words of canvas data set ``name``."""
+    return [canvas.caption_of(canvas.SPECS[name], list(objs)) for objs in PROMPT_OBJECTS]
 
 
 def _grid(run, seed: int, name: str):
     """A labelled grid: one row per prompt, 6 samples each (guidance 3)."""
     d = run.config.data
     rows, labels = [], []
-    for prompt in PROMPTS:
+    for prompt in grid_prompts(name):
         kw = {}
         if run.kind is not None and run.kind.name == "caption":
             kw = {"condition": prompt, "guidance": 3.0}
@@ -125,7 +136,7 @@ def _grid(run, seed: int, name: str):
         rows.append(to_uint8(np.asarray(x), d.levels, d.centered))
         labels.append(prompt if kw else f"(unconditional) {prompt}")
     title = f"{_name(run)}: {_conditioning(run)}, dpm_solver_pp_3m 20 steps"
-    return figures.labelled_rows(rows, labels, title, cell=48)
+    return figures.labelled_rows(rows, labels, title, cell=3 * canvas.SPECS[name].size)
 
 
 def _layout_of(prompt: str, name: str) -> np.ndarray:

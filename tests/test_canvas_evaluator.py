@@ -2,6 +2,9 @@
 slots, an empty canvas, an extra object, an object moved or of another class. The exact check
 (``data.canvas.satisfies``) on slot labels, and the trained slot classifier on pixels."""
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -61,3 +64,18 @@ def test_the_slot_classifier_rejects_canvases_that_do_not_show_their_caption(eva
         moved[k:k + 1, 8 * (s1 // 2):8 * (s1 // 2) + 8, 8 * (s1 % 2):8 * (s1 % 2) + 8] = _block(x[i:i + 1], s0)
     assert np.mean(evaluator.adherence(moved, [captions[i] for i in one])) < 0.1
     assert not evaluator.adherence(np.zeros_like(x[:100]), captions[:100]).any()  # an empty canvas shows nothing
+
+
+@pytest.mark.parametrize("name", sorted(canvas.SPECS))
+def test_the_figure_prompts_are_captions_of_their_canvas(name):
+    """evaluate_canvas.py's grid: each prompt, in the canvas's own words, is shown exactly by the boxes it
+    gives a layout run (the digits' '3' is no Fashion-MNIST class)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "evaluate_canvas.py")
+    spec = importlib.util.spec_from_file_location("evaluate_canvas_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prompts = script.grid_prompts(name)
+    assert len(set(prompts)) == len(script.PROMPT_OBJECTS)
+    for prompt in prompts:
+        slots = canvas.slot_labels(script._layout_of(prompt, name)[None].astype(np.float32))[0]
+        assert canvas.satisfies(prompt, slots, canvas.SPECS[name]), (prompt, slots)
