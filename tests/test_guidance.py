@@ -189,8 +189,8 @@ def test_replacement_where_the_observed_block_informs_the_rest(sdes, monkeypatch
     x_u, info_u = run(uncoupled)
     assert replacement_check(sde, x_u, info_u["trajectory"], 1.5)[0] < 0.7
     wrong_noise = lambda self, sde_, t, row_keys, salt: sde_.marginal_coeffs(t)[1] * jax.vmap(  # noqa: E731
-        lambda k: jax.random.normal(k, self.x_obs.shape[1:]))(row_keys)
-    monkeypatch.setattr(guidance._Observation, "noised", wrong_noise)
+        lambda k: jax.random.normal(k, self.shape[1:]))(row_keys)
+    monkeypatch.setattr(guidance._Measured, "noised", wrong_noise)
     x_w, info_w = run(gmm.score_fn(sde), steps=41)  # another step count: a new trace, which sees the patch
     share_w, _, _, err_w = replacement_check(sde, x_w, info_w["trajectory"], 1.5)
     assert share_w < 0.7 and err_w > 1.0, (share_w, err_w)
