@@ -251,14 +251,11 @@ class Blur(LinearOperator):
         return self._filter(y, jnp.conj(self._spectrum(*y.shape[1:3])))
 
     def weighted_pinv(self, v, r2=1.0, s2=0.0):
-        spec = self._spectrum(*v.shape[1:3])
-        power = jnp.abs(spec) ** 2
+        power = jnp.abs(self._spectrum(*v.shape[1:3])) ** 2  # A A^T's eigenvalues
         keep = power > (RCOND**2) * jnp.max(power)
         r2, s2 = (jnp.reshape(jnp.asarray(c, v.dtype), (-1, 1, 1, 1)) for c in (r2, s2))
-        gain = jnp.conj(spec)[None, :, :, None] * _safe_inverse(r2 * power[None, :, :, None] + s2,
-                                                                 keep[None, :, :, None])
-        out = jnp.fft.ifft2(jnp.fft.fft2(v, axes=(1, 2)) * gain, axes=(1, 2))
-        return jnp.real(out).astype(v.dtype)
+        gain = _safe_inverse(r2 * power[None, :, :, None] + s2, keep[None, :, :, None])
+        return self.AT(jnp.real(jnp.fft.ifft2(jnp.fft.fft2(v, axes=(1, 2)) * gain, axes=(1, 2))).astype(v.dtype))
 
     def measure_shape(self, shape):
         shape = tuple(int(s) for s in shape)
