@@ -26,6 +26,7 @@ a small dense matrix), so ``weighted_pinv`` and ``pinv`` are exact and cheap:
 
 from __future__ import annotations
 
+import abc
 import math
 
 import equinox as eqx
@@ -46,21 +47,25 @@ class LinearOperator(eqx.Module):
     """The protocol (module docstring). Subclasses define ``A``, ``AT``, ``weighted_pinv``,
     ``measure_shape`` and ``data_shape``; ``pinv``, ``project`` and ``as_matrix`` follow from them."""
 
+    @abc.abstractmethod
     def A(self, x: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        """The measurement, ``(B, *dims)`` -> ``(B, *meas_dims)``."""
 
+    @abc.abstractmethod
     def AT(self, y: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        """The transpose, ``(B, *meas_dims)`` -> ``(B, *dims)``: <A x, y> = <x, A^T y>."""
 
+    @abc.abstractmethod
     def weighted_pinv(self, v: jax.Array, r2=1.0, s2=0.0) -> jax.Array:
         """A^T (r2 A A^T + s2 I)^+ v for measurements ``v`` ``(B, *meas_dims)``; r2 > 0, s2 >= 0 scalars or ``(B,)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def measure_shape(self, shape) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The measurement's shape for data of ``shape`` ``(B, *dims)``; a ValueError naming both if none."""
 
+    @abc.abstractmethod
     def data_shape(self, meas_shape) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The data shape whose measurement has ``meas_shape``; a ValueError if no data can give it."""
 
     def pinv(self, y: jax.Array) -> jax.Array:
         """The Moore-Penrose pseudo-inverse A^+ y, ``(B, *dims)``."""
