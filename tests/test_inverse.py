@@ -92,7 +92,7 @@ def test_dense_check_catches_wrong_transposes():
     convolution, fails it (as the adjoint identity and everything built on A^T)."""
     for op, dims in ((TransposeWithoutScale(2), (4, 4, 2)), (TransposeUnflipped(_rng.random((3, 3))), (5, 4, 2))):
         errors = dense_errors(op, dims)
-        assert errors["A"] < 1e-5 and errors["adjoint"] > 0.1 and errors["weighted_pinv"] > 0.1, (op, errors)
+        assert errors["A"] < 1e-5 and errors["adjoint"] > 0.05 and errors["weighted_pinv"] > 0.5, (op, errors)
 
 
 # ------------------------------------------------------------------------ ΠGDM on a Gaussian prior
@@ -237,7 +237,7 @@ def test_pigdm_and_replacement_are_exact_for_a_gaussian_prior(sdes):
     """Data N(mu, 0.5^2 I) (as four equal components: the shapes of the mixture above, so ΠGDM's compiled
     sampler runs again): ΠGDM with data_std 0.5 samples the noisy posterior, and replacement (the measured
     part set, the rest independent of it for isotropic data) the noise-free one; means and covariances
-    within 5 standard errors of the exact posterior's (measured 2.1 / 3.0 and 1.9 / 3.4), and the
+    within 5 standard errors of the exact posterior's (measured 1.9 / 3.0 and 1.9 / 3.4), and the
     noise-free samples measure y exactly. The prior's samples fail the same check. (With the ancestral
     sampler at 100 steps the covariance is off by 6.4 standard errors, as is the prior's own without any
     guidance: the sampler's discretisation, not the method's.)"""
