@@ -11,14 +11,15 @@ The package is layered (checked by import contracts in ``pyproject.toml``), top 
 * ``bounds``: variational bounds on the negative log-likelihood (continuous time; DDPM's chain);
 * ``guidance``, ``likelihood``, ``conditioning``, ``latent``, ``figures``, ``metrics``;
 * ``sampling``, ``data``;
-* core maths: ``sdes``, ``parameterization``, ``losses``, ``oracle``, ``step_control``; and ``errors``.
+* core maths: ``sdes``, ``parameterization``, ``losses``, ``oracle``, ``operators``, ``step_control``; and
+  ``errors``.
 
 ``load_run(workdir)`` opens a trained run for sampling and likelihoods.
 """
 
-from sde_lib import bounds, guidance, likelihood, oracle, sampling
+from sde_lib import bounds, guidance, likelihood, operators, oracle, sampling
 from sde_lib.runs import Run, load_run
 from sde_lib.sdes import SDE, CosinePath, EDMPath, GaussianPath, LinearPath, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["SDE", "CosinePath", "EDMPath", "GaussianPath", "LinearPath", "ReverseSDE", "Run", "SubVPSDE", "VESDE",
-           "VPSDE", "bounds", "guidance", "likelihood", "load_run", "oracle", "sampling"]
+           "VPSDE", "bounds", "guidance", "likelihood", "load_run", "operators", "oracle", "sampling"]

@@ -1,4 +1,5 @@
-"""Conditioned generation on top of any score: classifier-free and classifier guidance, and inpainting.
+"""Conditioned generation on top of any score: classifier-free and classifier guidance, inpainting and
+linear inverse problems.
 
 Guidance returns a new score function ``guided(x, t, cond)`` that every sampler takes unchanged
 (``sample(..., cond=cond)`` routes the condition's rows):
@@ -13,22 +14,34 @@ Guidance returns a new score function ``guided(x, t, cond)`` that every sampler 
 * :func:`classifier` (Dhariwal & Nichol 2021, arXiv 2105.05233): s(x, t) + w grad_x log p_t(y | x) from
   a noise-conditional classifier's log-probabilities ``log_prob_fn(x, t, cond) -> (B,)``.
 
-Inpainting, :func:`inpaint`, samples x given the coordinates ``mask * x_obs`` (mask 1 where observed):
+Linear inverse problems, :func:`linear_inverse`, sample x given y = A x + N(0, s^2 I) for a linear operator
+A (``sde_lib.operators``: ``Mask``, ``AvgPool``, ``Blur``, ``ChannelMix``, ``Matrix``) with an unconditional
+model; :func:`inpaint` is its common case, the coordinates ``mask * x_obs`` observed (``Mask``, s = 0).
+Methods, each with its network calls (NFE) per step of the sampler:
 
-* ``"replace"`` (score_sde's controllable generation): after every step of any fixed-step sampler the
-  observed coordinates are replaced by a forward-diffused copy alpha_t x_obs + sigma_t z (fresh z), and
-  at the start too; the result carries x_obs exactly. Linear "keep these coordinates" problems in
-  another orthonormal basis (colourisation: the grey channel of a decorrelating channel transform) pass
-  ``basis`` (C, C): the mask then applies to the coordinates x @ basis.
-* ``"repaint"`` (Lugmayr et al. 2022, arXiv 2201.09865): replacement with ancestral steps, and after
+* ``"replace"`` (score_sde's controllable generation, generalised to any A by the projection of Song,
+  Shen, Xing & Ermon 2022, arXiv 2111.08005): after every step of any fixed-step sampler, x is projected
+  onto the forward-diffused measurement, x <- x + A^+ (y_t - A x) with y_t = alpha_t y + sigma_t A z
+  (fresh z), and at the start too; the result measures y exactly. For a mask this replaces the observed
+  coordinates. NFE: the sampler's (``ancestral``: 1 per step). Treats y as noise-free.
+* ``"repaint"`` (Lugmayr et al. 2022, arXiv 2201.09865): the projection after DDIM(eta) steps, and after
   every ``jump_length`` steps a jump back up by ``jump_length`` steps of forward noise, ``jump_n_sample - 1``
-  times, so the unobserved coordinates harmonise with the observed ones.
+  times, so the unmeasured part harmonises with the measured one. NFE: 1 per reverse step, none for the
+  forward jumps (``info["nfe"]`` counts them).
 * ``"dps"`` (Chung et al. 2023, arXiv 2209.14687): each step of any fixed-step sampler is followed by a
-  step down the gradient of the observation error of the Tweedie estimate,
-  x <- x - zeta grad_{x_t} ||mask (x_obs - x0_hat(x_t))||^2 / ||mask (x_obs - x0_hat(x_t))||.
+  step down the gradient of the measurement error of the Tweedie estimate,
+  x <- x - zeta grad_{x_t} ||y - A x0_hat(x_t)||^2 / ||y - A x0_hat(x_t)||. NFE: the sampler's + 1 per
+  step (the extra evaluation at the step's start, with one backward pass).
+* ``"pigdm"`` (ΠGDM, Song, Vahdat, Mardani & Kautz, ICLR 2023, openreview.net/forum?id=9_gsMA8MRKQ): the
+  score of p_t(x | y) with p(y | x_t) taken as N(A x0_hat, r_t^2 A A^T + s^2 I),
+  s(x_t) + (d x0_hat / d x_t)^T A^T (r_t^2 A A^T + s^2 I)^+ (y - A x0_hat), r_t^2 = d^2 sigma_t^2 /
+  (alpha_t^2 d^2 + sigma_t^2) (``data_std`` d, 1 in the paper): exact when the data are N(mu, d^2 I). A
+  guided score, so any sampler runs it, adaptive ones included. NFE: the sampler's; each evaluation is
+  one network call plus one backward pass (a vector-Jacobian product).
 
-``info["nfe"]`` is exact: network calls per sample path, including DPS's extra evaluation per step
-(whose gradient costs one backward pass more).
+``info["nfe"]`` is exact: network calls per sample path. For a mask, ``basis`` (C, C) orthonormal poses
+"keep these coordinates" in another basis of the last axis (colourisation: the grey channel of a
+decorrelating channel transform).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.checks import integer, real
+from sde_lib.operators import LinearOperator, Mask
 from sde_lib.parameterization import tweedie_x0
 from sde_lib.sampling import api, registry
 from sde_lib.sampling.base import transition
@@ -49,7 +63,7 @@ from sde_lib.sampling.grids import time_grid
 from sde_lib.sampling.noise import normal_like_rows, time_bits
 from sde_lib.sdes import SDE, batch_broadcast, per_sample_keys
 
-METHODS = ("replace", "repaint", "dps")
+METHODS = ("replace", "repaint", "dps", "pigdm")
 _REPLACE_SALT = 0x5EED  # a noise stream of its own, apart from the sampler's
 
 
@@ -115,39 +129,33 @@ def classifier(score_fn: Callable, log_prob_fn: Callable, scale: float) -> Class
     return ClassifierGuided(score_fn, log_prob_fn, jnp.asarray(real(scale, "scale"), jnp.float32))
 
 
-# ---------------------------------------------------------------------------------------- inpainting
-class _Observation(eqx.Module):
-    """Observed values and mask in the coordinates they are observed in (``basis`` applied on the last
-    axis when given)."""
+# -------------------------------------------------------------------- inpainting and inverse problems
+class _Measured(eqx.Module):
+    """A measurement ``y`` ``(B, *meas_dims)`` of data of ``shape`` ``(B, *dims)`` through ``operator``."""
 
-    x_obs: jax.Array  # (B, *dims), already in the observed coordinates
-    mask: jax.Array  # broadcastable to x_obs
-    basis: jax.Array | None
+    y: jax.Array
+    operator: LinearOperator
+    shape: tuple[int, ...] = eqx.field(static=True)
 
-    def to_obs(self, x):
-        return x if self.basis is None else x @ self.basis
-
-    def from_obs(self, y):
-        return y if self.basis is None else y @ self.basis.T
-
-    def keep(self, x, observed):
-        """x with its observed coordinates set to ``observed`` (in observed coordinates)."""
-        y = self.to_obs(x)
-        return self.from_obs(self.mask * observed + (1.0 - self.mask) * y)
+    def keep(self, x, y):
+        """x moved to the nearest point whose measurement is ``y`` (x + A^+ (y - A x))."""
+        return self.operator.project(x, y)
 
     def noised(self, sde, t, row_keys, salt):
+        """The forward-diffused measurement alpha_t y + sigma_t A z, z a fresh standard normal of the data's
+        shape: A x_t's law when y = A x_0."""
         alpha, sigma = sde.marginal_coeffs(t)
-        z = normal_like_rows(row_keys, self.x_obs.shape, time_bits(t), salt, dtype=self.x_obs.dtype)
-        return alpha * self.x_obs + sigma * z
+        z = normal_like_rows(row_keys, self.shape, time_bits(t), salt, dtype=self.y.dtype)
+        return alpha * self.y + sigma * self.operator.A(z)
 
 
 class _WrappedSolver(diffrax.AbstractItoSolver):
     """A fixed-step solver ``inner`` whose every step a subclass follows by a correction towards the
-    observations ``obs`` (its ``step``); everything else is the inner solver's."""
+    measurement ``obs`` (its ``step``); everything else is the inner solver's."""
 
     inner: diffrax.AbstractSolver
     sde: SDE
-    obs: _Observation
+    obs: _Measured
 
     term_structure = diffrax.AbstractTerm  # whatever the inner solver takes
     interpolation_cls = diffrax.LocalLinearInterpolation
@@ -163,7 +171,7 @@ class _WrappedSolver(diffrax.AbstractItoSolver):
 
 
 class _ReplaceSolver(_WrappedSolver):
-    """A fixed-step solver followed, at every step, by score_sde's replacement of the observed coordinates."""
+    """A fixed-step solver followed, at every step, by the projection onto the forward-diffused measurement."""
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, _, _, state, result = self.inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -173,7 +181,7 @@ class _ReplaceSolver(_WrappedSolver):
 
 
 class _ReplaceHook(api.SolveHook):
-    obs: _Observation
+    obs: _Measured
     sde: SDE
 
     def start(self, x, row_keys):
@@ -183,11 +191,11 @@ class _ReplaceHook(api.SolveHook):
         return _ReplaceSolver(solver, sde, self.obs)
 
     def finish(self, x):
-        return self.obs.keep(x, self.obs.x_obs)
+        return self.obs.keep(x, self.obs.y)
 
 
 class _DPSSolver(_WrappedSolver):
-    """A fixed-step solver followed by DPS's gradient step on the observation error of x0_hat(x_t0)."""
+    """A fixed-step solver followed by DPS's gradient step on the measurement error of x0_hat(x_t0)."""
 
     score_fn: Any
     cond: Any
@@ -198,8 +206,8 @@ class _DPSSolver(_WrappedSolver):
         t = jnp.broadcast_to(-t0, y0.shape[:1])  # the negated clock of a T -> eps solve
         score = api.bind_score(self.score_fn, self.cond)
 
-        def sq_error(y):  # per-row squared observation error of the Tweedie estimate, summed
-            r = self.obs.mask * (self.obs.x_obs - self.obs.to_obs(tweedie_x0(self.sde, y, t, score(y, t))))
+        def sq_error(x):  # per-row squared measurement error of the Tweedie estimate, summed
+            r = self.obs.y - self.obs.operator.A(tweedie_x0(self.sde, x, t, score(x, t)))
             per_row = jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1)
             return jnp.sum(per_row), per_row
 
@@ -210,7 +218,7 @@ class _DPSSolver(_WrappedSolver):
 
 
 class _DPSHook(api.SolveHook):
-    obs: _Observation
+    obs: _Measured
     score_fn: Any
     cond: Any
     zeta: float = eqx.field(static=True)
@@ -219,25 +227,33 @@ class _DPSHook(api.SolveHook):
         return _DPSSolver(solver, sde, self.obs, self.score_fn, self.cond, self.zeta)
 
 
-def _observation(x_obs, mask, basis) -> _Observation:
-    x_obs = jnp.asarray(x_obs, jnp.float32)
-    if x_obs.ndim < 2:
-        raise ValueError(f"x_obs must have shape (B, *dims), got {x_obs.shape}")
-    mask = jnp.asarray(mask, jnp.float32)
-    try:
-        jnp.broadcast_shapes(mask.shape, x_obs.shape)
-    except ValueError:
-        raise ValueError(f"mask of shape {mask.shape} does not broadcast to x_obs of shape {x_obs.shape}") from None
-    m = np.asarray(mask)
-    if not np.all((m == 0) | (m == 1)):
-        raise ValueError("mask must hold 0 (unobserved) and 1 (observed) only")
-    if basis is not None:
-        basis = jnp.asarray(basis, jnp.float32)
-        c = x_obs.shape[-1]
-        if basis.shape != (c, c) or not np.allclose(np.asarray(basis) @ np.asarray(basis).T, np.eye(c), atol=1e-5):
-            raise ValueError(f"basis must be an orthonormal ({c}, {c}) matrix acting on the last axis")
-        x_obs = x_obs @ basis
-    return _Observation(x_obs, jnp.broadcast_to(mask, x_obs.shape), basis)
+class _PiGDMScore(eqx.Module):
+    """ΠGDM's conditional score s(x, t) + J^T A^T (r_t^2 A A^T + s^2 I)^+ (y - A x0_hat(x)), J = d x0_hat / dx,
+    called as ``guided(x, t, {"y": rows of y, "cond": the network's condition or None})`` so that every
+    sampler, adaptive ones included, hands it the measurement rows that belong to x's rows."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    score_fn: Any
+    sde: SDE
+    operator: LinearOperator
+    noise_var: jax.Array
+    data_var: jax.Array
+
+    def __call__(self, x, t, cond):
+        inner = cond["cond"]
+
+        def denoise(z):
+            s = self.score_fn(z, t) if inner is None else self.score_fn(z, t, inner)
+            return tweedie_x0(self.sde, z, t, s), s
+
+        x0, vjp, s = jax.vjp(denoise, x, has_aux=True)  # one network call; its backward pass is the VJP
+        alpha, sigma = self.sde.marginal_coeffs(t)
+        # The variance of p(x_0 | x_t) were the data N(mu, data_var I): ΠGDM's r_t^2.
+        r2 = self.data_var * sigma**2 / (alpha**2 * self.data_var + sigma**2)
+        u = self.operator.weighted_pinv(cond["y"] - self.operator.A(x0), r2, self.noise_var)
+        return s + vjp(u)[0]
 
 
 def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> np.ndarray:
@@ -267,7 +283,7 @@ def _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta):
     (eta = 1: ancestral), from a prior draw: ``(x, ok)``, ``ok`` ``(B,)`` the finite rows."""
     score = api.bind_score(score_fn, cond)
     k_prior, k_noise = jax.random.split(key)
-    x = sde.prior_sampling(k_prior, obs.x_obs.shape)
+    x = sde.prior_sampling(k_prior, obs.shape)
     row_keys = per_sample_keys(k_noise, x.shape[0])
     ts = time_grid(sde, "uniform", steps, eps)
 
@@ -294,39 +310,21 @@ def _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta):
 
     x = obs.keep(x, obs.noised(sde, ts[0], row_keys, _REPLACE_SALT))
     x, _ = jax.lax.scan(move, x, jnp.arange(walk.shape[0] - 1))
-    x = obs.keep(x, obs.x_obs)
+    x = obs.keep(x, obs.y)
     return x, jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
 
 
-def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: str = "replace",
-            sampler: str | None = None, steps: int = 100, *, cond=None, basis=None, eps: float | None = None,
-            jump_length: int = 10, jump_n_sample: int = 10, eta: float = 1.0, zeta: float = 1.0, **options):
-    """Sample the unobserved coordinates of ``x_obs`` given the observed ones (``mask`` 1 where observed).
-
-    Args:
-      sde, score_fn: the model (``score_fn(x, t)``, or ``score_fn(x, t, cond)`` with ``cond``).
-      key: PRNG key; row i depends only on (key, i) (tile ``x_obs`` for several samples of one image).
-      x_obs: ``(B, *dims)`` observations (unobserved entries are ignored); mask: broadcastable to x_obs.
-      method: ``"replace"`` | ``"repaint"`` | ``"dps"`` (module docstring).
-      sampler, steps: the fixed-step sampler and its steps for ``replace`` / ``dps`` (default
-        ``ancestral``); ``repaint`` takes ``steps`` reverse steps of DDIM with ``eta`` (1: ancestral).
-      basis: ``(C, C)`` orthonormal; the mask applies to ``x @ basis`` (``replace`` and ``repaint``).
-      jump_length, jump_n_sample: RePaint's resampling; zeta: DPS's step size.
-      **options: the sampler's options.
-
-    Returns:
-      ``(x, info)``: ``x`` of x_obs's shape with the observed coordinates equal to x_obs (``replace``,
-      ``repaint``); ``info["nfe"]`` exact network calls per sample, ``info["ok"]``.
-    """
+def _solve(sde, score_fn, key, obs: _Measured, method, sampler, steps, cond, eps, options, *, jump_length,
+           jump_n_sample, eta, zeta, noise_std, data_std):
+    """Both entry points' solve, after their own checks of the measurement."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    obs = _observation(x_obs, mask, basis)
-    shape = obs.x_obs.shape
     steps = integer(steps, "steps", minimum=1)
     eta, zeta = real(eta, "eta", minimum=0, maximum=1), real(zeta, "zeta")
+    noise_std, data_std = real(noise_std, "noise_std", minimum=0), real(data_std, "data_std", minimum=0)
+    if data_std == 0:
+        raise ValueError("data_std must be > 0")
     eps = None if eps is None else real(eps, "eps")
-    if method == "dps" and basis is not None:
-        raise ValueError("basis applies to 'replace' and 'repaint'")
     if method == "repaint":
         if sampler not in (None, "ancestral", "ddim") or options:
             raise ValueError("repaint takes its own DDIM steps (eta=1: ancestral); sampler and options do not apply")
@@ -335,10 +333,96 @@ def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: s
         x, ok = _repaint(sde, score_fn, obs, key, walk, cond, steps, eps, eta)
         return x, {"nfe": int(np.sum(np.diff(walk) > 0)), "ok": ok, "walk": walk}
     sampler = sampler or "ancestral"
-    if registry.get(sampler).is_adaptive:
+    adaptive = registry.get(sampler).is_adaptive
+    if method == "pigdm":
+        op = obs.operator
+        if adaptive and isinstance(op, Mask) and op.mask.ndim == len(obs.shape) and op.mask.shape[0] > 1:
+            raise ValueError("pigdm with an adaptive sampler solves each row alone: it needs one mask for all rows, "
+                             f"got a per-row mask of shape {tuple(op.mask.shape)}")
+        guided = _PiGDMScore(score_fn, sde, op, jnp.asarray(noise_std**2, jnp.float32),
+                             jnp.asarray(data_std**2, jnp.float32))
+        return api.run(sde, guided, key, obs.shape, sampler, steps, eps=eps, cond={"y": obs.y, "cond": cond},
+                       options=options)
+    if adaptive:
         raise ValueError(f"{method} needs a fixed-step sampler, got the adaptive {sampler!r}")
     if method == "replace":
         hook = _ReplaceHook(obs, sde)
     else:
         hook = _DPSHook(obs, score_fn, cond, zeta, nfe_per_step=1)
-    return api.run(sde, score_fn, key, shape, sampler, steps, eps=eps, cond=cond, options=options, hook=hook)
+    return api.run(sde, score_fn, key, obs.shape, sampler, steps, eps=eps, cond=cond, options=options, hook=hook)
+
+
+def linear_inverse(sde: SDE, score_fn: Callable, key: jax.Array, y, operator: LinearOperator, method: str = "pigdm",
+                   noise_std: float = 0.0, sampler: str | None = None, steps: int = 100, *, shape=None, cond=None,
+                   eps: float | None = None, data_std: float = 1.0, zeta: float = 1.0, jump_length: int = 10,
+                   jump_n_sample: int = 10, eta: float = 1.0, **options):
+    """Sample x given a linear measurement y = A x + N(0, noise_std^2 I), with an unconditional model.
+
+    Args:
+      sde, score_fn: the model (``score_fn(x, t)``, or ``score_fn(x, t, cond)`` with ``cond``).
+      key: PRNG key; row i depends only on (key, i) (tile ``y`` for several samples of one measurement).
+      y: ``(B, *meas_dims)`` measurements; operator: a :class:`sde_lib.operators.LinearOperator` (``Mask``,
+        ``AvgPool``, ``Blur``, ``ChannelMix``, ``Matrix``).
+      method: ``"pigdm"`` | ``"dps"`` | ``"replace"`` | ``"repaint"`` (module docstring).
+      noise_std: the measurement noise's standard deviation (used by ``pigdm``; the others treat y as exact
+        (``replace``, ``repaint``) or fold it into ``zeta`` (``dps``)).
+      sampler, steps: the sampler and its steps (default ``ancestral``); ``pigdm`` takes any sampler,
+        adaptive ones included; ``replace`` and ``dps`` a fixed-step one; ``repaint`` takes ``steps``
+        reverse steps of DDIM with ``eta`` (1: ancestral) and RePaint's ``jump_length``, ``jump_n_sample``.
+      shape: the data's ``(B, *dims)``; default the shape the operator measures as y's (given for a
+        ``Matrix`` on image-shaped data, say).
+      data_std: ΠGDM's prior scale: r_t^2 = d^2 sigma_t^2 / (alpha_t^2 d^2 + sigma_t^2), exact for data
+        N(mu, d^2 I) (the paper's d = 1). zeta: DPS's step size.
+      **options: the sampler's options.
+
+    Returns:
+      ``(x, info)``: ``x`` ``(B, *dims)``; ``info["nfe"]`` exact network calls per sample (module
+      docstring), ``info["ok"]``.
+    """
+    if not isinstance(operator, LinearOperator):
+        raise ValueError(f"operator must be a sde_lib.operators.LinearOperator, got {type(operator).__name__}")
+    y = jnp.asarray(y, jnp.float32)
+    if y.ndim < 2:
+        raise ValueError(f"y must have shape (B, *meas_dims), got {tuple(y.shape)}")
+    shape = operator.data_shape(y.shape) if shape is None else tuple(shape)
+    expected = operator.measure_shape(shape)
+    if tuple(expected) != tuple(y.shape):
+        raise ValueError(f"{operator!r} measures data of shape {tuple(shape)} as {tuple(expected)}, but y has shape "
+                         f"{tuple(y.shape)}")
+    return _solve(sde, score_fn, key, _Measured(y, operator, shape), method, sampler, steps, cond, eps, options,
+                  jump_length=jump_length, jump_n_sample=jump_n_sample, eta=eta, zeta=zeta, noise_std=noise_std,
+                  data_std=data_std)
+
+
+def inpaint(sde: SDE, score_fn: Callable, key: jax.Array, x_obs, mask, method: str = "replace",
+            sampler: str | None = None, steps: int = 100, *, cond=None, basis=None, eps: float | None = None,
+            jump_length: int = 10, jump_n_sample: int = 10, eta: float = 1.0, zeta: float = 1.0,
+            data_std: float = 1.0, **options):
+    """Sample the unobserved coordinates of ``x_obs`` given the observed ones (``mask`` 1 where observed):
+    :func:`linear_inverse` with the operator ``Mask(mask, basis)`` and no measurement noise.
+
+    Args:
+      sde, score_fn: the model (``score_fn(x, t)``, or ``score_fn(x, t, cond)`` with ``cond``).
+      key: PRNG key; row i depends only on (key, i) (tile ``x_obs`` for several samples of one image).
+      x_obs: ``(B, *dims)`` observations (unobserved entries are ignored); mask: broadcastable to x_obs.
+      method: ``"replace"`` | ``"repaint"`` | ``"dps"`` | ``"pigdm"`` (module docstring).
+      sampler, steps: the sampler and its steps for ``replace`` / ``dps`` / ``pigdm`` (default
+        ``ancestral``); ``repaint`` takes ``steps`` reverse steps of DDIM with ``eta`` (1: ancestral).
+      basis: ``(C, C)`` orthonormal; the mask applies to ``x @ basis``.
+      jump_length, jump_n_sample: RePaint's resampling; zeta: DPS's step size; data_std: ΠGDM's prior scale.
+      **options: the sampler's options.
+
+    Returns:
+      ``(x, info)``: ``x`` of x_obs's shape with the observed coordinates equal to x_obs (``replace``,
+      ``repaint``); ``info["nfe"]`` exact network calls per sample, ``info["ok"]``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    x_obs = jnp.asarray(x_obs, jnp.float32)
+    if x_obs.ndim < 2:
+        raise ValueError(f"x_obs must have shape (B, *dims), got {x_obs.shape}")
+    operator = Mask(mask, basis)
+    operator.measure_shape(x_obs.shape)
+    obs = _Measured(operator.A(x_obs), operator, tuple(x_obs.shape))
+    return _solve(sde, score_fn, key, obs, method, sampler, steps, cond, eps, options, jump_length=jump_length,
+                  jump_n_sample=jump_n_sample, eta=eta, zeta=zeta, noise_std=0.0, data_std=data_std)

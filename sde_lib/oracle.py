@@ -15,7 +15,9 @@ stays finite where alpha_t = 0 (the linear path at t = 1: v = x - E[x_0]) and th
 
 With component labels the mixture is also an exact labelled data set: the class-conditional score
 (responsibilities within the class), the noisy classifier p_t(y | x) and the posterior of unobserved
-coordinates given observed ones are all closed-form, which proves guidance and inpainting.
+coordinates given observed ones are all closed-form, which proves guidance and inpainting. So is the
+posterior for a linear-Gaussian measurement y = A x + N(0, s^2 I) (:meth:`GaussianMixture.posterior`, a
+mixture of full-covariance Gaussians), which proves the solvers of linear inverse problems.
 """
 
 from __future__ import annotations
@@ -218,6 +220,48 @@ class GaussianMixture(eqx.Module):
         weights = jnp.exp(log_w - jax.nn.logsumexp(log_w))
         return GaussianMixture(self.means[:, unobs], self.stds, weights, self.labels)
 
+    def posterior(self, A, y, noise_std: float) -> "FullGaussianMixture":
+        """The exact posterior p(x | y) for the measurement y = A x + N(0, noise_std^2 I).
+
+        ``A`` ``(M, D)`` acts on flattened examples (``sde_lib.operators``' ``as_matrix(dims)``), ``y``
+        ``(M,)``. Each component stays Gaussian: with G_k = s_k^2 A A^T + s^2 I,
+        mean_k = mu_k + s_k^2 A^T G_k^{-1} (y - A mu_k), cov_k = s_k^2 (I - s_k^2 A^T G_k^{-1} A), and
+        weight_k ∝ w_k N(y; A mu_k, G_k). The covariances are full, so the result is a
+        :class:`FullGaussianMixture` (over all D coordinates; with noise_std = 0 each covariance is singular
+        on A's row space, where the samples measure y exactly). Computed in float64 on the host.
+        """
+        a = np.asarray(A, np.float64)
+        yv = np.asarray(y, np.float64).reshape(-1)
+        s = float(noise_std)
+        if a.ndim != 2 or a.shape[1] != self.dim or yv.shape != (a.shape[0],):
+            raise ValueError(f"posterior: A must be (M, {self.dim}) and y (M,), got A {a.shape} and y {yv.shape}")
+        if not (np.isfinite(s) and s >= 0):
+            raise ValueError(f"posterior: noise_std must be a finite number >= 0, got {noise_std}")
+        if s == 0 and np.linalg.matrix_rank(a) < a.shape[0]:
+            raise ValueError(f"posterior: a noise-free measurement needs A of full row rank, A {a.shape} has rank "
+                             f"{np.linalg.matrix_rank(a)} (pass noise_std > 0 or drop the dependent rows)")
+        mu, var = np.asarray(self.means, np.float64), np.asarray(self.stds, np.float64) ** 2
+        eye_m, eye_d = np.eye(a.shape[0]), np.eye(self.dim)
+        means, covs, log_w = [], [], []
+        for k in range(len(var)):
+            g = var[k] * a @ a.T + s**2 * eye_m
+            resid = yv - a @ mu[k]
+            gain = var[k] * np.linalg.solve(g, a).T  # s_k^2 A^T G^-1, (D, M)
+            means.append(mu[k] + gain @ resid)
+            cov = var[k] * eye_d - gain @ a * var[k]
+            covs.append(0.5 * (cov + cov.T))
+            _, logdet = np.linalg.slogdet(2 * np.pi * g)
+            log_w.append(float(self.log_weights[k]) - 0.5 * (resid @ np.linalg.solve(g, resid) + logdet))
+        log_w = np.asarray(log_w)
+        weights = np.exp(log_w - log_w.max())
+        return FullGaussianMixture(np.stack(means), np.stack(covs), weights, self.labels)
+
+    def component_probs(self, x: jax.Array) -> jax.Array:
+        """p(component k | x_0 = x), ``(n, K)``: their mean over samples of a posterior p(x | y) is the
+        posterior's component weights p(k | y) (y depends on k only through x)."""
+        log_n, _, _ = self._components(x, 1.0, 0.0)
+        return jax.nn.softmax(log_n + self.log_weights, axis=-1)
+
     def mean_and_cov(self) -> tuple[jax.Array, jax.Array]:
         """Mean ``(D,)`` and covariance ``(D, D)`` of p_0 (for moment-matching checks)."""
         w = self.weights
@@ -225,6 +269,72 @@ class GaussianMixture(eqx.Module):
         centred = self.means - mean
         cov = jnp.einsum("k,ki,kj->ij", w, centred, centred) + jnp.sum(w * self.stds**2) * jnp.eye(self.dim)
         return mean, cov
+
+
+class FullGaussianMixture(eqx.Module):
+    """Mixture of K Gaussians with full covariances ``(K, D, D)`` (positive semi-definite): the exact
+    posteriors of :meth:`GaussianMixture.posterior`. ``sample``, ``log_prob`` (needs definite
+    covariances), ``weights``, ``mean_and_cov``; ``labels`` as the prior's."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    means: jax.Array
+    covs: jax.Array
+    log_weights: jax.Array
+    scales: jax.Array  # (K, D, D) with covs = scales @ scales^T
+    labels: jax.Array | None
+
+    def __init__(self, means, covs, weights, labels=None):
+        means, covs = np.asarray(means, np.float64), np.asarray(covs, np.float64)
+        weights = np.asarray(weights, np.float64)
+        k, d = means.shape if means.ndim == 2 else (-1, -1)
+        if means.ndim != 2 or covs.shape != (k, d, d) or weights.shape != (k,):
+            raise ValueError(f"means (K, D), covs (K, D, D) and weights (K,) needed, got {means.shape}, {covs.shape}, "
+                             f"{weights.shape}")
+        lam, u = np.linalg.eigh(covs)
+        if lam.min() < -1e-6 * max(lam.max(), 1e-30):
+            raise ValueError("covs must be positive semi-definite")
+        scales = u * np.sqrt(np.clip(lam, 0.0, None))[:, None, :]
+        self.means, self.covs, self.scales = (jnp.asarray(a, jnp.float32) for a in (means, covs, scales))
+        self.log_weights = jnp.asarray(np.log(weights / weights.sum()), jnp.float32)
+        self.labels = labels
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def weights(self) -> jax.Array:
+        return jnp.exp(self.log_weights)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``(n, D)`` exact draws; row i depends only on (key, i)."""
+        n = integer(n, "n", minimum=1)
+
+        def one(k):
+            kc, kz = jax.random.split(k)
+            c = jax.random.categorical(kc, self.log_weights)
+            return self.means[c] + self.scales[c] @ jax.random.normal(kz, (self.dim,))
+
+        return jax.vmap(one)(per_sample_keys(key, n))
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """log p(x), ``(n,)`` for ``x`` ``(n, D)`` (or ``(n, *dims)``); the covariances must be definite."""
+        x = x.reshape(x.shape[0], -1)
+        chol = jnp.linalg.cholesky(self.covs)  # (K, D, D)
+        diff = x[:, None, :] - self.means[None]  # (n, K, D)
+        sol = jax.vmap(lambda c, r: jax.scipy.linalg.solve_triangular(c, r.T, lower=True).T, (0, 1), 1)(chol, diff)
+        log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=-1)
+        log_n = -0.5 * jnp.sum(sol**2, axis=-1) - 0.5 * (log_det + self.dim * jnp.log(2 * jnp.pi))
+        return jax.nn.logsumexp(log_n + self.log_weights, axis=-1)
+
+    def mean_and_cov(self) -> tuple[jax.Array, jax.Array]:
+        """Mean ``(D,)`` and covariance ``(D, D)``."""
+        w = self.weights
+        mean = w @ self.means
+        centred = self.means - mean
+        return mean, jnp.einsum("k,ki,kj->ij", w, centred, centred) + jnp.einsum("k,kij->ij", w, self.covs)
 
 
 class MixtureScore(eqx.Module):

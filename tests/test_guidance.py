@@ -189,8 +189,8 @@ def test_replacement_where_the_observed_block_informs_the_rest(sdes, monkeypatch
     x_u, info_u = run(uncoupled)
     assert replacement_check(sde, x_u, info_u["trajectory"], 1.5)[0] < 0.7
     wrong_noise = lambda self, sde_, t, row_keys, salt: sde_.marginal_coeffs(t)[1] * jax.vmap(  # noqa: E731
-        lambda k: jax.random.normal(k, self.x_obs.shape[1:]))(row_keys)
-    monkeypatch.setattr(guidance._Observation, "noised", wrong_noise)
+        lambda k: jax.random.normal(k, self.shape[1:]))(row_keys)
+    monkeypatch.setattr(guidance._Measured, "noised", wrong_noise)
     x_w, info_w = run(gmm.score_fn(sde), steps=41)  # another step count: a new trace, which sees the patch
     share_w, _, _, err_w = replacement_check(sde, x_w, info_w["trajectory"], 1.5)
     assert share_w < 0.7 and err_w > 1.0, (share_w, err_w)
@@ -251,7 +251,7 @@ def test_replacement_bias_and_what_repaint_and_dps_do_about_it(overlap, sdes, co
     assert dist["repaint"] < 0.75 * dist["replace"] and dist["dps"] < 0.5 * dist["replace"], (dist, floor)
 
 
-@pytest.mark.parametrize("method", ["replace", "repaint", "dps"])
+@pytest.mark.parametrize("method", ["replace", "repaint", "dps", "pigdm"])
 def test_a_repeated_inpaint_traces_nothing(method, sdes):
     """Observations, masks and scores are traced: a repeated inpaint call, with new observations and a
     new parameter set of the same shapes, traces the score zero times."""
@@ -262,7 +262,7 @@ def test_a_repeated_inpaint_traces_nothing(method, sdes):
     for i, mixture in enumerate((gmm, gmm, other)):
         x_obs = jnp.full((4, 2), 0.1 * i)
         x, _ = guidance.inpaint(sde, TracedScore(mixture.score_fn(sde), count), KEY, x_obs, mask, method, **kw)
-        if method != "dps":  # replacement keeps the (new) observations exactly
+        if method in ("replace", "repaint"):  # replacement keeps the (new) observations exactly
             np.testing.assert_allclose(x[:, 0], x_obs[:, 0])
         if i == 0:
             first = count.n

@@ -135,3 +135,38 @@ def test_jit_and_vmap(name, sdes, grid2d):
     logp = log_prob_t(grid2d, sde, x, t)
     single = jax.jit(jax.vmap(lambda xi, ti: grid2d.log_prob_t(sde, xi[None], ti)[0]))(x, t)  # scalar t per row
     np.testing.assert_allclose(logp, single, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- linear-Gaussian measurement posteriors
+def test_measurement_posterior_is_bayes_rule():
+    """log p(x | y) - log p(x) - log N(y; A x, s^2 I) is the same constant (-log p(y)) at every x, for a
+    random A; and the posterior's component weights are the mean of p(k | x) over its samples."""
+    gmm = builtin_mixture("gauss16d")
+    rng = np.random.default_rng(0)
+    a, y, s = rng.normal(size=(5, 16)), rng.normal(size=5), 0.3
+    post = gmm.posterior(a, y, s)
+    x = post.sample(jax.random.PRNGKey(0), 4000)
+    xh = np.asarray(x, np.float64)
+    log_lik = -0.5 * np.sum((y - xh @ a.T) ** 2, axis=1) / s**2
+    const = np.asarray(post.log_prob(x), np.float64) - np.asarray(gmm.log_prob(x), np.float64) - log_lik
+    assert np.ptp(const[:50]) < 1e-3 * np.abs(const[:50]).max(), const[:5]
+    np.testing.assert_allclose(np.asarray(gmm.component_probs(x)).mean(0), post.weights, atol=0.02)
+    # The samples have the mixture's moments (mean_and_cov sums the components' covariances).
+    mean, cov = (np.asarray(v, np.float64) for v in post.mean_and_cov())
+    assert np.abs(xh.mean(0) - mean).max() < 4 * np.sqrt(np.diag(cov).max() / 4000)
+    np.testing.assert_allclose(np.cov(xh.T), cov, atol=0.02)
+
+
+def test_noise_free_selection_is_the_conditional():
+    """A noise-free measurement of some coordinates (rows of the identity) gives ``condition``'s mixture on
+    the others, and those coordinates exactly on the measured ones (zero variance)."""
+    gmm = builtin_mixture("gauss16d")
+    mask = np.r_[np.ones(6), np.zeros(10)]
+    x_obs = np.asarray(gmm.means[1]) + 0.1
+    post, cond = gmm.posterior(np.eye(16)[mask == 1], x_obs[:6], 0.0), gmm.condition(mask, x_obs)
+    np.testing.assert_allclose(post.weights, cond.weights, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(post.means)[:, 6:], cond.means, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(post.means)[:, :6], np.broadcast_to(x_obs[:6], (4, 6)), atol=1e-6)
+    covs = np.asarray(post.covs)
+    np.testing.assert_allclose(covs[:, 6:, 6:], np.asarray(cond.stds)[:, None, None] ** 2 * np.eye(10), atol=1e-6)
+    np.testing.assert_allclose(covs[:, :6], 0.0, atol=1e-6)
