@@ -12,10 +12,10 @@
 # (RUNS defaults to runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)  # the report's total includes the set-up
 source scripts/setup_env.sh
 RUNS="${RUNS:-runs}"
 OUT="$RUNS/quickstart/tour"
-start=$(date +%s)
 parts=(unconditional ddpm conditional latent)
 if [ $# -gt 0 ] && [[ " ${parts[*]} " == *" $1 "* ]]; then parts=("$1"); shift; fi
 
