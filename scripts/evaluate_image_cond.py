@@ -4,7 +4,7 @@ training-free methods of an unconditional model on the same test images and mask
     python scripts/evaluate_image_cond.py --sr_workdir runs/digits_sr --inpaint_workdir runs/digits_inpaint \
         --uncond_workdir runs/quickstart [--n 200] [--sr_samplers dpm_solver_pp_3m:20,ancestral:100] \
         [--sr_guidance 2] [--interpolations bicubic,bilinear,nearest] [--training_free pigdm,dps,replace,repaint] \
-        [--training_free_nfe 20,100] [--sr_zeta 1] [--sr_data_std 0.5] [--inpaint_nfe 20,50,100] \
+        [--training_free_nfe 20,100] [--sr_zeta Z] [--sr_data_std 0.5] [--inpaint_nfe 20,50,100] \
         [--methods replace,repaint,dps] [--learned_guidance 1,2] [--out out/image_to_image]
 
 Two parts (``sde_lib.evaluation``), each run when its run is given:
@@ -49,7 +49,9 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--training_free", default="pigdm,dps,replace,repaint",
                    help="training-free super-resolution methods of --uncond_workdir (with --sr_workdir)")
     p.add_argument("--training_free_nfe", default="20,100", help="NFE budgets of the training-free super-resolution")
-    p.add_argument("--sr_zeta", type=float, default=image_cond.DPS_ZETA, help="DPS's step size (super-resolution)")
+    p.add_argument("--sr_zeta", default="", help="DPS's step size (super-resolution): one value, or one per "
+                                                 "--training_free_nfe budget; default: image_cond.DPS_ZETA's value "
+                                                 "for the nearest budget (3 at 20 NFE, 1.5 at 100)")
     p.add_argument("--sr_data_std", type=float, default=image_cond.PIGDM_DATA_STD,
                    help="ΠGDM's prior scale (super-resolution)")
     p.add_argument("--diversity_inputs", type=int, default=50)
@@ -99,6 +101,11 @@ def main(argv=None) -> None:
             if m not in image_cond.TRAINING_FREE:
                 raise ValueError(f"--training_free entries must be among {','.join(image_cond.TRAINING_FREE)}, "
                                  f"got {m!r}")
+        zetas = cli.comma_list(a.sr_zeta, float, "--sr_zeta") if free and a.sr_zeta.strip() else [None]
+        if len(zetas) not in (1, len(free_nfes)):
+            raise ValueError(f"--sr_zeta needs one value or one per --training_free_nfe budget ({len(free_nfes)}), "
+                             f"got {a.sr_zeta!r}")
+        zeta_of = dict(zip(free_nfes, zetas * len(free_nfes) if len(zetas) == 1 else zetas))
         if any(nfe < 2 for nfe in free_nfes):
             raise ValueError(f"--training_free_nfe budgets must be >= 2 (DPS takes 2 per step), got "
                              f"{a.training_free_nfe}")
@@ -128,7 +135,7 @@ def main(argv=None) -> None:
                     raise ValueError(f"--uncond_workdir {uncond.workdir} is a condition.kind={uncond.kind.name!r} "
                                      f"run; the training-free methods need an unconditional one")
                 image_cond.check_model_space(uncond, run.config.data, "--uncond_workdir")
-                tf = {(m, nfe): image_cond.training_free(uncond, m, nfe, factor, zeta=a.sr_zeta,
+                tf = {(m, nfe): image_cond.training_free(uncond, m, nfe, factor, zeta=zeta_of[nfe],
                                                          data_std=a.sr_data_std) for m in free for nfe in free_nfes}
                 sr += list(tf.values())
             t = image_cond.super_resolution_table(run.config.data, factor, sr, n=a.n, seed=a.seed,
@@ -137,7 +144,7 @@ def main(argv=None) -> None:
             rows += [{"part": "super_resolution", **r} for r in t["rows"]]
             meta["super_resolution"] = {**t["meta"], "workdir": a.sr_workdir}
             if free:
-                meta["super_resolution"].update(uncond_workdir=a.uncond_workdir, zeta=a.sr_zeta, data_std=a.sr_data_std)
+                meta["super_resolution"].update(uncond_workdir=a.uncond_workdir, data_std=a.sr_data_std)
             md.append(f"Run {a.sr_workdir} (step {run.step})" + (f"; training-free methods with {a.uncond_workdir} "
                                                                   f"(step {uncond.step})" if free else "") + ". "
                       + image_cond.super_resolution_markdown(t))
