@@ -120,7 +120,7 @@ def main(argv=None) -> None:
 def _fig_steps(nfe: int, methods) -> int:
     """Reverse steps of the figure's method at the table's largest budget."""
     if "repaint" in methods:
-        return conditional_eval._repaint_steps(nfe, 5, 2)
+        return conditional_eval.repaint_steps(nfe, 5, 2)
     return max(1, nfe // 2) if methods[0] == "dps" else nfe
 
 

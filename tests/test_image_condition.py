@@ -217,6 +217,39 @@ def test_configs_are_validated(name, field, value, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+def test_training_free_super_resolution_measures_what_the_image_kind_conditions_on(contexts):
+    """The training-free rows' measurement AvgPool(2) of a model-space test image is the ``image`` kind's
+    condition (its reader, and the table's ``pool``); with an exact N(0, I) score each method keeps its NFE
+    budget (DPS: 2 per step; RePaint: its walk's reverse steps), replacement and RePaint explain the input
+    exactly and DPS better than the prior; a run of another model space is refused. (ΠGDM's wiring is
+    replacement's, with a sampler of one call per step; left out to keep the test to three compilations.)"""
+    from types import SimpleNamespace
+
+    from sde_lib.evaluation import image_cond
+    from sde_lib.evaluation.conditional import repaint_steps
+    from sde_lib.operators import AvgPool
+
+    cfg = contexts["image"].config
+    x = data.scale(data.load_split(cfg.data, "test")[:8], cfg.data.levels, cfg.data.centered)
+    y = np.asarray(AvgPool(2).A(x))
+    np.testing.assert_array_equal(y, conditioning.get("image").read(cfg, "test")[:8])
+    np.testing.assert_array_equal(y, image_cond.pool(x, 2))
+    gauss = SimpleNamespace(sde=sde_lib.VPSDE(), score_fn=lambda z, t: -z, config=cfg, workdir="gauss")
+    key = jax.random.PRNGKey(0)
+    prior = np.sqrt(np.mean((np.asarray(AvgPool(2).A(jax.random.normal(key, x.shape))) - y) ** 2))
+    budget = {"dps": 10, "replace": 10, "repaint": int(np.sum(np.diff(
+        sde_lib.guidance.repaint_schedule(repaint_steps(10, 5, 2), 5, 2)) > 0))}
+    for method, bound in (("replace", 1e-5), ("repaint", 1e-5), ("dps", 0.8 * prior)):  # DPS: 5 steps
+        m = image_cond.training_free(gauss, method, 10, 2, zeta=1.0)
+        out, nfe = m.fn(y, key)
+        residual = np.sqrt(np.mean((np.asarray(AvgPool(2).A(out)) - y) ** 2))
+        assert out.shape == x.shape and nfe == budget[method] <= 10 and m.stochastic, (method, nfe)
+        assert residual < bound, (method, residual, prior)
+    with pytest.raises(ValueError, match=r"^--uncond_workdir gauss: data.levels=17, but the super-resolution run's "
+                                         r"is 256$"):
+        image_cond.check_model_space(gauss, override(config_of("sr"), {"data.levels": 256}).data, "--uncond_workdir")
+
+
 # ------------------------------------------------------------------------------------------ trained (slow)
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, module_compilation_cache):

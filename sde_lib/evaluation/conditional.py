@@ -133,7 +133,7 @@ def inpainting_table(run, methods, nfes, *, masks=MASKS, n: int = 200, seed: int
                 steps = nfe if method != "dps" else max(1, nfe // 2)
                 kw = {"sampler": "ancestral"} if method != "repaint" else {"jump_length": 5, "jump_n_sample": 2}
                 if method == "repaint":
-                    steps = _repaint_steps(nfe, 5, 2)
+                    steps = repaint_steps(nfe, 5, 2)
                 x, info = guidance.inpaint(run.sde, run.score_fn, jax.random.PRNGKey(seed), x_true, mask, method,
                                            steps=steps, **kw)
                 rows.append(score(kind, method, info["nfe"], x, mask))
@@ -164,7 +164,7 @@ def inpainting_markdown(result: dict, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _repaint_steps(nfe: int, jump_length: int, jump_n_sample: int) -> int:
+def repaint_steps(nfe: int, jump_length: int, jump_n_sample: int) -> int:
     """The largest number of reverse steps whose RePaint walk costs at most ``nfe`` evaluations."""
     best = 1
     for steps in range(1, nfe + 1):
@@ -206,5 +206,5 @@ def cfg_guided_samples(run, label: int, scale_: float, n: int, sampler: str, ste
 
 
 __all__ = ["MASKS", "conditional_bpd", "guidance_table", "inpainting_figure", "inpainting_markdown", "inpainting_table",
-           "make_mask",
+           "make_mask", "repaint_steps",
            "cfg_guided_samples"]

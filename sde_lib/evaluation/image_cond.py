@@ -18,8 +18,10 @@ learned inpainting; the inpainting table is :func:`sde_lib.evaluation.conditiona
 
 Methods: interpolation (:func:`interpolation`: ``bicubic``, ``bilinear``, ``nearest`` by
 ``jax.image.resize``), an ``image`` run (:func:`conditional_model`, optionally with classifier-free
-guidance); a training-free solver with an unconditional model (DPS / projection with an average-pool
-operator) is one more :class:`SRMethod` whose ``fn`` calls it.
+guidance), and the training-free solvers of ``guidance.linear_inverse`` with an unconditional model and
+the operator ``operators.AvgPool(factor)`` (:func:`training_free`: ΠGDM, DPS, replacement, RePaint). The
+inputs are ``pool(x, factor)`` of the model-space images, the mean of each block: what an ``image`` run is
+conditioned on and, exactly, ``AvgPool(factor).A(x)``, so every method sees the same measurement.
 """
 
 from __future__ import annotations
@@ -31,11 +33,20 @@ from typing import Callable
 import jax
 import numpy as np
 
+from sde_lib import guidance
 from sde_lib.conditioning.images import named_mask, pool
 from sde_lib.data import load_labels, load_split, scale, to_uint8
+from sde_lib.evaluation.conditional import repaint_steps
 from sde_lib.metrics import evaluate_samples, get_classifier, reference
+from sde_lib.operators import AvgPool
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+TRAINING_FREE = ("pigdm", "dps", "replace", "repaint")
+# Chosen on the first 100 training digits, x2 (docs/image_to_image.md): DPS's best step size shrinks as its
+# steps grow (3 at 20 NFE, 1.5 at 100); ΠGDM's data_std 0.5 is best at both budgets.
+DPS_ZETA = {20: 3.0, 100: 1.5}
+PIGDM_DATA_STD = 0.5
+MODEL_SPACE = ("dataset", "image_size", "num_channels", "levels", "centered")  # data fields fixing model space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +82,42 @@ def conditional_model(run, sampler: str, steps: int, guidance: float | None = No
         return np.asarray(x), float(np.mean(np.asarray(info["nfe"])))
 
     return SRMethod(name, fn, stochastic=True)
+
+
+def training_free(run, method: str, nfe: int, factor: int, *, zeta: float | None = None,
+                  data_std: float = PIGDM_DATA_STD) -> SRMethod:
+    """``guidance.linear_inverse`` with the unconditional ``run`` and ``AvgPool(factor)`` (noise-free y), at
+    most ``nfe`` network calls per sample: ``pigdm`` (prior scale ``data_std``) and ``replace`` ``ancestral``
+    with ``nfe`` steps (one call each), ``dps`` (step size ``zeta``; None: ``DPS_ZETA`` of the nearest budget)
+    ``ancestral`` with ``nfe // 2`` steps (two calls each), ``repaint`` (jump length 5, 2 resamplings, as
+    docs/conditional.md's table) with the most reverse steps whose walk costs at most ``nfe``. The reported
+    NFE is ``info["nfe"]``."""
+    if method not in TRAINING_FREE:
+        raise ValueError(f"training-free method must be one of {TRAINING_FREE}, got {method!r}")
+    operator = AvgPool(factor)
+    zeta = DPS_ZETA[min(DPS_ZETA, key=lambda b: abs(b - nfe))] if zeta is None else zeta
+    if method == "repaint":
+        steps, kw, name = repaint_steps(nfe, 5, 2), {"jump_length": 5, "jump_n_sample": 2}, "RePaint"
+    else:
+        steps = max(1, nfe // 2) if method == "dps" else nfe
+        kw = {"sampler": "ancestral", "zeta": zeta, "data_std": data_std}
+        name = {"pigdm": f"ΠGDM (data_std {data_std:g})", "dps": f"DPS (zeta {zeta:g})",
+                "replace": "replacement"}[method]
+    name += f", {'DDIM' if method == 'repaint' else 'ancestral'} {steps} steps"
+
+    def fn(y, key):
+        x, info = guidance.linear_inverse(run.sde, run.score_fn, key, y, operator, method, steps=steps, **kw)
+        return np.asarray(x), float(np.mean(np.asarray(info["nfe"])))
+
+    return SRMethod(name, fn, stochastic=True)
+
+
+def check_model_space(run, data_cfg, flag: str) -> None:
+    """A ValueError naming ``flag`` unless ``run``'s images are in the model space of ``data_cfg``'s."""
+    for field in MODEL_SPACE:
+        if run.config.data[field] != data_cfg[field]:
+            raise ValueError(f"{flag} {run.workdir}: data.{field}={run.config.data[field]!r}, but the "
+                             f"super-resolution run's is {data_cfg[field]!r}")
 
 
 def _psnr(u: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -154,6 +201,25 @@ def super_resolution_figure(run, factor: int, *, n: int = 8, per: int = 4, sampl
             for i in range(n)]
 
 
+def methods_figure(methods: dict, data_cfg, factor: int, *, n: int = 3, per: int = 4, seed: int = 0):
+    """Rows ``(input, per outputs, truth)`` of each method of ``methods`` (label -> :class:`SRMethod`) on each
+    of the first ``n`` test images, uint8 at the data's size (the input repeated: nearest neighbour).
+    Returns ``(rows, labels)``."""
+    x_true = scale(load_split(data_cfg, "test")[:n], data_cfg.levels, data_cfg.centered)
+    y = pool(x_true, factor)
+    u8 = lambda a: to_uint8(np.asarray(a), data_cfg.levels, data_cfg.centered)  # noqa: E731
+    key = jax.random.PRNGKey(seed)
+    outputs = {label: np.asarray(m.fn(np.repeat(y, per, axis=0), key)[0]).reshape(n, per, *x_true.shape[1:])
+               for label, m in methods.items()}
+    rows, labels = [], []
+    for i in range(n):
+        for label, x in outputs.items():
+            rows.append(np.concatenate([u8(y[i:i + 1].repeat(factor, 1).repeat(factor, 2)), u8(x[i]),
+                                        u8(x_true[i:i + 1])]))
+            labels.append(f"test {i}, {label}")
+    return rows, labels
+
+
 def inpainting_figure(learned, masks, *, n: int = 4, per: int = 4, sampler: str = "ancestral", steps: int = 50,
                       seed: int = 0, mask_seed: int = 0):
     """Rows ``(observed, per completions, truth)`` of the first ``n`` test images under each mask name of
@@ -174,5 +240,6 @@ def inpainting_figure(learned, masks, *, n: int = 4, per: int = 4, sampler: str 
     return rows, labels
 
 
-__all__ = ["INTERPOLATIONS", "SRMethod", "conditional_model", "inpainting_figure", "interpolation",
-           "super_resolution_figure", "super_resolution_markdown", "super_resolution_table"]
+__all__ = ["INTERPOLATIONS", "SRMethod", "TRAINING_FREE", "check_model_space", "conditional_model",
+           "inpainting_figure", "interpolation", "methods_figure", "super_resolution_figure",
+           "super_resolution_markdown", "super_resolution_table", "training_free"]
