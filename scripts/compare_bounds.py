@@ -10,11 +10,9 @@ Prints each run's fields (mean and median over the test digits) and writes ``bou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
-import numpy as np
 
 from sde_lib import cli
 from sde_lib.runs import load_run

@@ -39,7 +39,8 @@ kill_tree() {  # SIGTERM to a process and its descendants: a trainer writes a ch
 }
 
 newest() {  # the newest checkpoint step of a run folder (0 if none)
-  python -c "import sys; from sde_lib.runs import checkpoint_steps; print(max(checkpoint_steps(sys.argv[1]), default=0))" "$1"
+  python -c "import sys; from sde_lib.runs import checkpoint_steps
+print(max(checkpoint_steps(sys.argv[1]), default=0))" "$1"
 }
 
 train() {  # train RUN [train.py flags]: appends "first_step seconds" of this run to the part's record
@@ -81,4 +82,5 @@ if [ ${#parts[@]} -eq 4 ]; then
 else
   part "${parts[0]}" "$@"
 fi
-python scripts/tour.py report --out="$OUT" --report="$RUNS/quickstart/report.md" --total_seconds=$(( $(date +%s) - start ))
+python scripts/tour.py report --out="$OUT" --report="$RUNS/quickstart/report.md" \
+  --total_seconds=$(( $(date +%s) - start ))

@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 import sde_lib
 from sde_lib import conditioning, data
-from sde_lib.conditioning.images import MASK_FAMILIES, RandomMasks, named_mask, random_masks
+from sde_lib.conditioning.images import RandomMasks, named_mask, random_masks
 from sde_lib.config import validate_config
 from sde_lib.data import counter_rng
 from sde_lib.data.pipeline import first_choice

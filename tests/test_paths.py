@@ -4,7 +4,6 @@ velocity, loss and minimiser, every sampler (orders on the linear path), the lik
 inpainting, reflow's pairs and the straightness measure. Reference formulas are written out here
 independently of sde_lib."""
 
-import math
 
 import diffrax
 import jax
