@@ -1,4 +1,4 @@
-"""The first stage of the Fashion-MNIST canvas: a KL autoencoder, 32 x 32 x 1 -> 8 x 8 x 4 latents, trained on
+"""The first stage of the Fashion-MNIST canvas: a KL autoencoder, 32 x 32 x 1 -> 4 x 4 x 8 latents, trained on
 the exported files (``_fashion.py``).
 
     python scripts/export_canvas.py --canvas=canvas_fashion_mnist --out=out/canvas_fashion_files

@@ -1,7 +1,8 @@
 """Latent diffusion with cross-attention to captions on the Fashion-MNIST canvas ("a sandal above a bag"),
-in the 8 x 8 x 4 latents of ``runs/fashion_canvas_ae``, from the exported files with the BPE tokenizer.
+in the 4 x 4 x 8 latents of ``runs/fashion_canvas_ae``, from the exported files with the BPE tokenizer.
 
-    python scripts/train.py --config=configs/canvas/fashion_latent_caption.py --workdir=runs/fashion_canvas_latent_caption
+    python scripts/train.py --config=configs/canvas/fashion_latent_caption.py \\
+        --workdir=runs/fashion_canvas_latent_caption
     python scripts/sample.py --workdir=runs/fashion_canvas_latent_caption --prompt "a sandal above a bag" --guidance 3
 """
 
