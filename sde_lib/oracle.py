@@ -33,6 +33,18 @@ from sde_lib.checks import integer
 from sde_lib.sdes import SDE, per_sample_keys
 
 
+def _mixture_draws(key: jax.Array, n: int, log_weights, dim: int, component_draw) -> jax.Array:
+    """``(n, dim)`` draws of a mixture: per row a component c ~ softmax(log_weights) and a standard normal z,
+    mapped by ``component_draw(c, z)``; row i depends only on (key, i)."""
+    n = integer(n, "n", minimum=1)
+
+    def one(k):
+        kc, kz = jax.random.split(k)
+        return component_draw(jax.random.categorical(kc, log_weights), jax.random.normal(kz, (dim,)))
+
+    return jax.vmap(one)(per_sample_keys(key, n))
+
+
 class GaussianMixture(eqx.Module):
     """Mixture of K isotropic Gaussians in D dimensions.
 
@@ -140,14 +152,7 @@ class GaussianMixture(eqx.Module):
     # --------------------------------------------------------------------------------- public API
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``(n, D)`` exact draws of p_0; row i depends only on (key, i)."""
-        n = integer(n, "n", minimum=1)
-
-        def one(k):
-            kc, kz = jax.random.split(k)
-            c = jax.random.categorical(kc, self.log_weights)
-            return self.means[c] + self.stds[c] * jax.random.normal(kz, (self.dim,))
-
-        return jax.vmap(one)(per_sample_keys(key, n))
+        return _mixture_draws(key, n, self.log_weights, self.dim, lambda c, z: self.means[c] + self.stds[c] * z)
 
     def sample_t(self, sde: SDE, key: jax.Array, n: int, t) -> jax.Array:
         """``(n, D)`` exact draws of p_t under ``sde`` (alpha_t x_0 + sigma_t z with x_0 ~ p_0)."""
@@ -310,14 +315,7 @@ class FullGaussianMixture(eqx.Module):
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``(n, D)`` exact draws; row i depends only on (key, i)."""
-        n = integer(n, "n", minimum=1)
-
-        def one(k):
-            kc, kz = jax.random.split(k)
-            c = jax.random.categorical(kc, self.log_weights)
-            return self.means[c] + self.scales[c] @ jax.random.normal(kz, (self.dim,))
-
-        return jax.vmap(one)(per_sample_keys(key, n))
+        return _mixture_draws(key, n, self.log_weights, self.dim, lambda c, z: self.means[c] + self.scales[c] @ z)
 
     def log_prob(self, x: jax.Array) -> jax.Array:
         """log p(x), ``(n,)`` for ``x`` ``(n, D)`` (or ``(n, *dims)``); the covariances must be definite."""
