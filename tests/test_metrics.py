@@ -13,7 +13,7 @@ import scipy.linalg
 
 from sde_lib import metrics
 from sde_lib.data import scale
-from sde_lib.metrics import distances, reference
+from sde_lib.metrics import distances, reference, report
 
 DATA = {"dataset": "digits", "levels": 17, "centered": True, "image_size": 8, "num_channels": 1}
 
@@ -165,6 +165,17 @@ def test_evaluate_samples_reports_floors(env):
     # The same seed gives the same numbers.
     again = metrics.evaluate_samples(dropped, DATA, classifier=env["clf"], num_bootstrap=10, kid_subsets=5, seed=0)
     assert again == r
+    # Floors are kept per classifier (report._FLOORS): a kept floor equals a recomputed one, whatever the
+    # samples, and a different n or seed gets its own.
+    calls = [(_model_space(sets.held[:300]), {}), (dropped, {"n": 200}), (dropped, {"seed": 1})]
+    kept = [metrics.evaluate_samples(x, DATA, classifier=env["clf"], num_bootstrap=10, kid_subsets=5, **kw)
+            for x, kw in calls]
+    report._FLOORS.clear()
+    fresh = [metrics.evaluate_samples(x, DATA, classifier=env["clf"], num_bootstrap=10, kid_subsets=5, **kw)
+             for x, kw in calls]
+    assert kept == fresh
+    floors = [tuple(v[f"{name}_floor"] for name in metrics.METRICS) for v in [r, *kept]]
+    assert floors[1] == floors[0] and floors[2] != floors[0] and floors[3] != floors[0]
 
 
 def test_bad_inputs_raise(env):
