@@ -140,7 +140,10 @@ def test_latent_training_and_sampling_end_to_end(runs):
     # state, which holds the U-Net and its token encoder only), and its run folder was never written.
     ae_run = sde_lib.load_run(ae, warn=False)
     mean = nnx.merge(ae_run.graphdef, ae_run.state.ema).encode(imgs)[0]
-    np.testing.assert_allclose(r.first_stage.encode(imgs), r.first_stage.scale * mean, rtol=1e-6, atol=1e-6)
+    # (compiled vs op-by-op: float rounding differs at ~1e-6; the raw parameters differ by far more)
+    np.testing.assert_allclose(r.first_stage.encode(imgs), r.first_stage.scale * mean, rtol=1e-4, atol=1e-4)
+    raw = nnx.merge(ae_run.graphdef, ae_run.state.params).encode(imgs)[0]
+    assert float(jnp.max(jnp.abs(r.first_stage.encode(imgs) - r.first_stage.scale * raw))) > 1e-2
     paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(r.state.params)[0]}
     assert not any("enc_in" in p or "quant_conv" in p for p in paths) and any("context_encoder" in p for p in paths)
     # Sampling returns decoded images; guidance at scale 1 is the conditional branch.
