@@ -155,18 +155,24 @@ def init_model(config, dims: tuple[int, ...], seed: int | None = None, **network
 def init_train_state(config, optimizer: optax.GradientTransformation, dims: tuple[int, ...], **network):
     """``(graphdef, TrainState)`` at step 0; parameters from ``config.seed``, training keys from its fold 1."""
     graphdef, params = init_model(config, dims, **network)
+    return graphdef, _fresh_state(config, optimizer, params)
+
+
+def _fresh_state(config, optimizer: optax.GradientTransformation, params) -> TrainState:
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    state = TrainState(params, optimizer.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32), rng)
-    return graphdef, state
+    return TrainState(params, optimizer.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32), rng)
 
 
 def abstract_train_state(config, dims: tuple[int, ...], **network):
     """``(graphdef, abstract TrainState)`` on this process's first device, computing nothing: a restore target."""
     optimizer = make_optimizer(config.optim, config.training.n_iters)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, dims, nnx.Rngs(0), **network)), nnx.Param)
+    # The network is built once, abstractly (building a U-Net is seconds of Python even without arithmetic);
+    # the rest of the state follows from the parameters' shapes.
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config, dims, nnx.Rngs(0), **network)),
+                                 nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          jax.eval_shape(lambda: init_train_state(config, optimizer, dims, **network)[1]))
+                          jax.eval_shape(lambda p: _fresh_state(config, optimizer, p), params))
     return graphdef, target
 
 
